@@ -1,0 +1,91 @@
+"""2-D convolution helpers with the papers' flip convention.
+
+Lee et al. (000 §3.2) write the bottom-up input to hidden group k as ``W~^k * v`` where ``*`` is
+convolution and ``W~`` the filter flipped in both axes: that is a *valid correlation* of ``v`` with
+``W^k``, which is exactly ``torch.nn.functional.conv2d``. The top-down input to the visible layer,
+``sum_k W^k * h^k``, is a *full convolution* -- the adjoint of the valid correlation, i.e.
+``conv_transpose2d``. Zeiler et al. (001 eq. 1) use the same pair: feature maps ``z`` of size
+(N+H-1)^2 reconstruct an N^2 image by a valid convolution ``z (+) f``.
+
+All shapes follow ``(N, C, H, W)``; filters are ``(out_channels, in_channels, kh, kw)``, the
+portable filter layout shared by every genconv model.
+
+The full convolution has several routes of very different speed on CPUs (oneDNN's transposed
+convolution is slow for small maps); :func:`conv_full` picks the route given by ``route`` or the
+module default :data:`FULL_ROUTE`, and a test checks that all routes agree.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from genconv.errors import UserError
+
+#: routes for the full convolution, see :func:`conv_full`
+FULL_ROUTES = ("transpose", "transpose_nomkldnn", "padded", "fft")
+FULL_ROUTE = "transpose_nomkldnn"
+
+
+def flip(W: torch.Tensor) -> torch.Tensor:
+    """W~: the filter flipped in both spatial axes (000 §3.2 notation)."""
+    return torch.flip(W, dims=(-2, -1))
+
+
+def corr_valid(v: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Valid correlation ``(W~ * v)``: (N, C, H, W) x (K, C, h, w) -> (N, K, H-h+1, W-w+1)."""
+    _check_fits(v, W)
+    return F.conv2d(v, W)
+
+
+def conv_full(h: torch.Tensor, W: torch.Tensor, route: str | None = None) -> torch.Tensor:
+    """Full convolution ``sum_k W^k * h^k``: (N, K, H', W') x (K, C, h, w) -> (N, C, H'+h-1, W'+w-1).
+
+    This is the adjoint of :func:`corr_valid` in its first argument. Routes (same result):
+
+    - ``transpose``: ``conv_transpose2d`` with the default backend;
+    - ``transpose_nomkldnn``: the same with oneDNN disabled (much faster for small maps on CPU);
+    - ``padded``: ``conv2d`` of the zero-padded maps with the flipped, channel-swapped filters;
+    - ``fft``: products of FFTs (pays off for large filters).
+    """
+    route = route or FULL_ROUTE
+    if route == "transpose":
+        return F.conv_transpose2d(h, W)
+    if route == "transpose_nomkldnn":
+        ctx = torch.backends.mkldnn.flags(enabled=False) if h.device.type == "cpu" else contextlib.nullcontext()
+        with ctx:
+            return F.conv_transpose2d(h, W)
+    if route == "padded":
+        kh, kw = W.shape[-2:]
+        return F.conv2d(F.pad(h, (kw - 1, kw - 1, kh - 1, kh - 1)), flip(W).transpose(0, 1))
+    if route == "fft":
+        kh, kw = W.shape[-2:]
+        H, Wd = h.shape[-2] + kh - 1, h.shape[-1] + kw - 1
+        Hf = torch.fft.rfft2(h, s=(H, Wd))                       # (N, K, H, Wd/2+1)
+        Wf = torch.fft.rfft2(W, s=(H, Wd))                       # (K, C, H, Wd/2+1)
+        out = torch.einsum("nkhw,kchw->nchw", Hf, Wf)
+        return torch.fft.irfft2(out, s=(H, Wd))
+    raise UserError(f"unknown convolution route {route!r}; choose one of {', '.join(FULL_ROUTES)}")
+
+
+def corr_valid_weight(v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Filter statistics ``sum_n v_n (corr) h_n``: (N, C, H, W) x (N, K, H', W') -> (K, C, H-H'+1, W-W'+1).
+
+    The data term of the CRBM gradient (000 §3.4: <v * h~>) and the filter gradient of a
+    Deconvolutional Network (001 eq. 9). Computed as one conv2d with batch and channels swapped.
+    """
+    out = F.conv2d(v.transpose(0, 1), h.transpose(0, 1))    # (C, K, kh, kw)
+    return out.transpose(0, 1)
+
+
+def _check_fits(x: torch.Tensor, W: torch.Tensor) -> None:
+    if x.dim() != 4 or W.dim() != 4:
+        raise UserError(f"expected (N, C, H, W) input and (K, C, h, w) filters, got shapes "
+                        f"{tuple(x.shape)} and {tuple(W.shape)}")
+    if x.shape[1] != W.shape[1]:
+        raise UserError(f"input has {x.shape[1]} channels but the filters expect {W.shape[1]}; "
+                        "use filters made for this input")
+    if W.shape[-2] > x.shape[-2] or W.shape[-1] > x.shape[-1]:
+        raise UserError(f"filter {W.shape[-2]}x{W.shape[-1]} is larger than the input "
+                        f"{x.shape[-2]}x{x.shape[-1]}; use smaller filters or larger images")
