@@ -30,7 +30,9 @@ def _plane_std(x: torch.Tensor) -> torch.Tensor:
 
 def whiten_1f(img: torch.Tensor, f0_ratio: float = 0.4) -> torch.Tensor:
     """Olshausen & Field (1997) 1/f whitening with the low-pass roll-off, as in Lee et al.'s convDBN code
-    (``crbm_whiten_olshausen2.m``; the same function appears as ``whiten_olsh_lee``):
+    (``crbm_whiten_olshausen2.m``, called by their loaders; that file is not in the public honglaklee/convDBN
+    repository, so the formula is taken from a published copy, ``whiten_olsh_lee.m``, and agrees with the
+    commented-out lines of convDBN's ``crbm_v1/tirbm_whiten_olshausen2_invsq_contrastnorm.m``):
 
         im  = (im - mean) / std
         rho = sqrt(fx^2 + fy^2)               frequencies in cycles per image, fx, fy in -N/2 .. N/2-1
@@ -104,12 +106,16 @@ def random_crops(images, size: int, n: int, generator: torch.Generator | None = 
     area = torch.tensor([float(images[i].shape[-2] * images[i].shape[-1]) for i in fits], dtype=torch.float64)
     pick = torch.multinomial(area, n, replacement=True, generator=generator) if n else torch.zeros(0, dtype=torch.long)
     u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
-    crops = []
-    for k, j in enumerate(pick.tolist()):
-        im = images[fits[j]]
-        top = int(u[k, 0] * (im.shape[-2] - size + 1))
-        left = int(u[k, 1] * (im.shape[-1] - size + 1))
-        crops.append(im[:, top:top + size, left:left + size])
-    if not crops:
-        return images[fits[0]].new_zeros((0, images[0].shape[0], size, size))
-    return torch.stack(crops)
+    first = images[fits[0]]
+    out = first.new_empty((n, first.shape[0], size, size))
+    offsets = torch.arange(size, device=first.device)
+    for j, i in enumerate(fits):  # vectorized per image: gather all its crops with one advanced index
+        rows = (pick == j).nonzero().squeeze(1)
+        if len(rows) == 0:
+            continue
+        im = images[i]
+        top = (u[rows, 0] * (im.shape[-2] - size + 1)).long().to(im.device)
+        left = (u[rows, 1] * (im.shape[-1] - size + 1)).long().to(im.device)
+        r, c = top[:, None] + offsets, left[:, None] + offsets  # (k, size) row / column indices
+        out[rows.to(im.device)] = im[:, r[:, :, None], c[:, None, :]].transpose(0, 1).to(out.dtype)
+    return out
