@@ -1,0 +1,394 @@
+"""Deconvolutional Networks (Zeiler, Krishnan, Taylor & Fergus, CVPR 2010; paper 001).
+
+Each layer l reconstructs its input maps z_{c,l-1} (the image for l = 1) as sums of K_l sparse feature
+maps convolved with H x H filters, over a binary connectivity map g^l (eq. 3)::
+
+    C_l = lambda/2 sum_c || sum_k g[k,c] (z_{k,l} (+) f[k,c]) - z_{c,l-1} ||^2 + sum_k |z_{k,l}|^p
+
+Inference is the paper's continuation solver (eq. 4-8) or a fast ADMM solver of the same objective
+(:mod:`genconv.inference.csc`); filters are learned layer by layer (Algorithm 1, eq. 9) and renormalized
+to unit norm. Multi-layer inference alternates the image-space error through all layers (eq. 10) and the
+top layer's own error (eq. 11); reconstruction projects the top maps to pixels (eq. 12). An extra map z0
+per image channel with a constant filter and an l2 gradient prior carries the low frequencies (§3.3).
+
+scikit-learn face: ``DeconvNet(...).fit(X)`` learns the filters, ``transform(X)`` returns the inferred
+top-layer maps (or, with ``pooled=True``, |maps| average-pooled, 001 §4.3 footnote 5).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genconv.errors import UserError, check
+from genconv.inference import csc
+
+KIND = "deconvnet"
+
+
+class DeconvLayer(nn.Module):
+    """One layer: filters ``W`` (K, C, H, H) in the portable layout and connectivity ``g`` (K, C)."""
+
+    def __init__(self, n_maps: int, n_inputs: int, filter_size: int = 7, g: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, eps: float = 1.0):
+        super().__init__()
+        W = torch.randn(n_maps, n_inputs, filter_size, filter_size, generator=generator) * eps  # f ~ N(0, eps)
+        self.W = nn.Parameter(W, requires_grad=False)
+        self.register_buffer("g", torch.ones(n_maps, n_inputs) if g is None else g.float())
+        self.register_buffer("firing", torch.zeros(n_maps))     # firing frequency of each map (§4.1)
+        self.register_buffer("amplitude", torch.zeros(n_maps))  # mean |x| where it fires
+        self.normalize()
+
+    @property
+    def n_maps(self):
+        return self.W.shape[0]
+
+    def op(self) -> csc.ConvDictionary:
+        full = bool((self.g == 1).all())
+        return csc.ConvDictionary(self.W, None if full else self.g)
+
+    @torch.no_grad()
+    def normalize(self):
+        """Each filter plane f[k,c] with g[k,c] = 1 renormalized to unit norm (Algorithm 1, §3.2)."""
+        Wg = self.W * self.g[:, :, None, None]
+        n = Wg.flatten(2).norm(dim=2).clamp(min=1e-12)[:, :, None, None]
+        self.W.copy_(Wg / n)
+
+    @torch.no_grad()
+    def update_filters(self, z: torch.Tensor, y: torch.Tensor, lambda_: float, steps: int = 1) -> float:
+        """Gradient descent on eq. 9 with the exact step along the gradient (the cost is quadratic in f)."""
+        for _ in range(steps):
+            grad = csc.filter_gradient(self.W, self.g, z, y, lambda_)                 # eq. 9
+            Fd = csc.ConvDictionary(grad, self.g).forward(z)
+            denom = lambda_ * Fd.pow(2).sum()
+            if float(denom) <= 0:
+                break
+            self.W.sub_(grad * (grad.pow(2).sum() / denom))
+        self.normalize()
+        r = self.op().forward(z) - y
+        return float(0.5 * lambda_ * r.pow(2).sum() / y.shape[0])
+
+
+class DeconvNet(nn.Module):
+    """A stack of Deconvolutional Network layers with scikit-learn-style ``fit`` / ``transform``.
+
+    Parameters (stored as given, validated in ``fit``; §4 settings as defaults)
+    ----------
+    n_maps : K_l per layer, e.g. (9, 45, 150).
+    filter_size : H (7).
+    connectivity : per layer "full", "singles+pairs", "random-pairs" or a (K_l, K_{l-1}) 0/1 table;
+        layer 1 is always full (§3.1).
+    lambda_ : reconstruction weight (1), one value or one per layer.
+    p : sparsity norm in (0, 1] (1).
+    beta0, beta_inc, beta_max : continuation schedule (1, 6, 1e5).
+    epochs : E (3). batch_size : images per filter update. filter_steps : gradient steps per update.
+    solver : "paper" (continuation + CG) or "admm" (fast, p = 1 only).
+    cg_iters, inner_iters, admm_iters : solver effort.
+    z0_alpha : weight of the l2 gradient prior of the low-frequency maps z0 (§3.3); None: no z0 maps.
+    n_alternations : rounds of eq. 10 / eq. 11 in multi-layer inference.
+    random_state : seed for the filter initialization and random connectivity.
+    """
+
+    def __init__(self, n_maps: Sequence[int] = (9, 45), filter_size: int = 7,
+                 connectivity: Sequence = ("full", "singles+pairs", "random-pairs"), lambda_=1.0, p: float = 1.0,
+                 beta0: float = 1.0, beta_inc: float = 6.0, beta_max: float = 1e5, epochs: int = 3,
+                 batch_size: int = 8, filter_steps: int = 2, solver: str = "paper", cg_iters: int = 10,
+                 inner_iters: int = 1, admm_iters: int = 100, z0_alpha: float | None = None,
+                 n_alternations: int = 2, random_state: int = 0, device: str | torch.device = "cpu",
+                 progress: bool = False):
+        super().__init__()
+        self.n_maps = tuple(n_maps)
+        self.filter_size = filter_size
+        self.connectivity = connectivity
+        self.lambda_ = lambda_
+        self.p = p
+        self.beta0, self.beta_inc, self.beta_max = beta0, beta_inc, beta_max
+        self.epochs, self.batch_size, self.filter_steps = epochs, batch_size, filter_steps
+        self.solver, self.cg_iters, self.inner_iters, self.admm_iters = solver, cg_iters, inner_iters, admm_iters
+        self.z0_alpha = z0_alpha
+        self.n_alternations = n_alternations
+        self.random_state = random_state
+        self.device = device
+        self.progress = progress
+        self.layers = nn.ModuleList()
+        self.n_channels_ = None
+        self.history_: list[dict] = []
+
+    # ------------------------------------------------------------------ validation / construction
+    def get_params(self, deep=True):
+        return {k: getattr(self, k) for k in (
+            "n_maps", "filter_size", "connectivity", "lambda_", "p", "beta0", "beta_inc", "beta_max", "epochs",
+            "batch_size", "filter_steps", "solver", "cg_iters", "inner_iters", "admm_iters", "z0_alpha",
+            "n_alternations", "random_state")}
+
+    def set_params(self, **params):
+        for k, v in params.items():
+            setattr(self, k, v)
+        return self
+
+    def lambdas(self) -> list[float]:
+        lam = self.lambda_
+        lams = list(lam) if isinstance(lam, (list, tuple)) else [lam] * len(self.n_maps)
+        check(len(lams) == len(self.n_maps), f"lambda_ has {len(lams)} values for {len(self.n_maps)} layers; "
+              "give one value or one per layer")
+        return [float(v) for v in lams]
+
+    def _validate(self, X: torch.Tensor | None = None):
+        check(len(self.n_maps) >= 1 and all(int(k) >= 1 for k in self.n_maps),
+              f"n_maps must list at least one positive map count per layer, got {self.n_maps}")
+        check(int(self.filter_size) >= 1, f"filter_size must be >= 1, got {self.filter_size}")
+        for lam in self.lambdas():
+            csc.check_problem(lam, self.p)
+        csc.check_schedule(self.beta0, self.beta_inc, self.beta_max)
+        check(self.solver in ("paper", "admm"), f"unknown solver {self.solver!r}; use paper or admm")
+        check(self.solver == "paper" or self.p == 1, "the admm solver handles p = 1 only; use solver=paper "
+              "for p < 1")
+        check(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
+        if X is not None:
+            check(X.dim() == 4, f"expected images shaped (N, C, H, W), got shape {tuple(X.shape)}")
+            check(X.shape[-1] >= self.filter_size and X.shape[-2] >= self.filter_size,
+                  f"images are {X.shape[-2]}x{X.shape[-1]}, smaller than the {self.filter_size}x{self.filter_size} "
+                  "filters; use larger images or a smaller filter_size")
+
+    def _build(self, n_channels: int):
+        gen = torch.Generator().manual_seed(self.random_state)
+        conns = list(self.connectivity) if not isinstance(self.connectivity, str) else [self.connectivity]
+        conns = conns + [conns[-1]] * (len(self.n_maps) - len(conns))
+        self.layers = nn.ModuleList()
+        C = n_channels
+        for l, K in enumerate(self.n_maps):
+            layout = "full" if l == 0 else conns[l]          # layer 1 is fully connected (§3.1)
+            g = csc.connectivity(layout, int(K), C, gen)
+            self.layers.append(DeconvLayer(int(K), C, self.filter_size, g, gen))
+            C = int(K)
+        self.n_channels_ = n_channels
+        self.to(self.device)
+
+    def _as_tensor(self, X) -> torch.Tensor:
+        X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X, dtype=torch.float32)
+        if X.dim() == 3:
+            X = X[:, None]
+        return X.to(self.W_device())
+
+    def W_device(self):
+        if len(self.layers):
+            return self.layers[0].W.device
+        return torch.device(self.device)
+
+    def low(self, device=None) -> csc.LowFrequency | None:
+        if self.z0_alpha is None:
+            return None
+        return csc.LowFrequency(self.n_channels_, self.filter_size, self.z0_alpha, device=device)
+
+    # ------------------------------------------------------------------ inference
+    def _solve(self, op, y, lambda_, *, z_init=None, low=None, z0_init=None, record=False):
+        """One sparse-coding problem with the configured solver: returns (sparse maps, z0, history)."""
+        if self.solver == "paper" or self.p != 1:
+            res = csc.solve_continuation(op, y, lambda_=lambda_, p=self.p, beta0=self.beta0,
+                                         beta_inc=self.beta_inc, beta_max=self.beta_max, cg_iters=self.cg_iters,
+                                         inner_iters=self.inner_iters, z_init=z_init, low=low, z0_init=z0_init,
+                                         record=record)
+            return res.x, res.z0, res.history
+        if low is None:
+            x, hist = csc.solve_admm(op, y, lambda_=lambda_, iters=self.admm_iters, z_init=z_init, record=record)
+            return x, None, hist
+        # block coordinate descent on the same convex objective: z0 by CG, sparse maps by ADMM
+        N = y.shape[0]
+        M = op.map_shape(y.shape)
+        x = torch.zeros(N, op.n_maps, *M, device=y.device) if z_init is None else z_init
+        z0 = torch.zeros(N, low.n_channels, *M, device=y.device) if z0_init is None else z0_init
+        for _ in range(3):
+            r = y - op.forward(x)
+            z0, _ = csc.cg(lambda v: low.adjoint(low.forward(v)) + low.hessian(v) / lambda_, low.adjoint(r), z0,
+                           30, 1e-6)
+            x, hist = csc.solve_admm(op, y - low.forward(z0), lambda_=lambda_, iters=self.admm_iters // 3 + 1,
+                                     z_init=x)
+        return x, z0, hist
+
+    @torch.no_grad()
+    def infer(self, y: torch.Tensor, n_layers: int | None = None, use_z0: bool | None = None) -> dict:
+        """Feature maps of every layer up to ``n_layers`` for images y (§3.3, eq. 10-11).
+
+        Returns {"maps": [x_1, ..., x_L], "z0": z0 or None}.
+        """
+        check(len(self.layers) > 0, "the model has no layers yet; fit it first")
+        L = len(self.layers) if n_layers is None else n_layers
+        check(1 <= L <= len(self.layers), f"the model has {len(self.layers)} layers, asked for {L}")
+        lams = self.lambdas()
+        low = self.low(y.device) if (use_z0 is None or use_z0) and self.z0_alpha is not None else None
+        x1, z0, _ = self._solve(self.layers[0].op(), y, lams[0], low=low)
+        maps = [x1]
+        target = y if z0 is None else y - low.forward(z0)
+        for l in range(1, L):
+            op_l = self.layers[l].op()
+            path = csc.Composite(*[self.layers[j].op() for j in range(l + 1)])
+            x = None
+            for _ in range(self.n_alternations):
+                x, _, _ = self._solve(path, target, lams[l], z_init=x)                # eq. 10: image error
+                x, _, _ = self._solve(op_l, maps[l - 1], lams[l], z_init=x)           # eq. 11: layer error
+            maps.append(x)
+        return {"maps": maps, "z0": z0}
+
+    @torch.no_grad()
+    def project(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Maps of layer ``layer`` (1-based) drawn down to pixels (eq. 12)."""
+        for l in range(layer - 1, -1, -1):
+            x = self.layers[l].op().forward(x)
+        return x
+
+    @torch.no_grad()
+    def reconstruct(self, y: torch.Tensor, n_layers: int = 1, use_z0: bool | None = None) -> torch.Tensor:
+        out = self.infer(y, n_layers, use_z0)
+        rec = self.project(out["maps"][-1], n_layers)
+        if out["z0"] is not None:
+            rec = rec + self.low(y.device).forward(out["z0"])
+        return rec
+
+    # ------------------------------------------------------------------ learning (Algorithm 1)
+    def fit(self, X, y=None):
+        X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X, dtype=torch.float32)
+        if X.dim() == 3:
+            X = X[:, None]
+        self._validate(X)
+        self._build(X.shape[1])
+        X = X.to(self.W_device())
+        self.history_ = []
+        inputs = X
+        for l in range(len(self.layers)):
+            inputs = self.fit_layer(l, inputs)
+        return self
+
+    def fit_layer(self, l: int, inputs: torch.Tensor, callback=None) -> torch.Tensor:
+        """Algorithm 1 for layer l on its inputs (images or the maps below); returns this layer's maps."""
+        from tqdm.auto import tqdm
+
+        layer = self.layers[l]
+        lam = self.lambdas()[l]
+        gen = torch.Generator().manual_seed(self.random_state + 101 * l)
+        N = inputs.shape[0]
+        nb = math.ceil(N / self.batch_size)
+        bar = tqdm(total=self.epochs * nb, desc=f"layer {l + 1}", disable=not self.progress, leave=False)
+        for epoch in range(self.epochs):
+            order = torch.randperm(N, generator=gen)
+            tot_obj, tot_nnz, tot_n = 0.0, 0.0, 0
+            for b in range(nb):
+                idx = order[b * self.batch_size:(b + 1) * self.batch_size].to(inputs.device)
+                yb = inputs[idx]
+                x, _, _ = self._solve(layer.op(), yb, lam)                                 # lines 4-9
+                rec = layer.update_filters(x, yb, lam, self.filter_steps)                 # line 11, eq. 9
+                obj = float(csc.objective(layer.op(), yb, x, lambda_=lam, p=self.p).sum())
+                tot_obj += obj
+                tot_nnz += float((x != 0).float().mean()) * len(idx)
+                tot_n += len(idx)
+                bar.update(1)
+                bar.set_postfix(objective=f"{tot_obj / tot_n:.4g}", recon=f"{rec:.3g}")
+            rec_ = {"layer": l + 1, "epoch": epoch + 1, "objective": tot_obj / tot_n, "nonzero": tot_nnz / tot_n}
+            self.history_.append(rec_)
+            if callback is not None:
+                callback(rec_)
+        bar.close()
+        # maps of the whole set with the final filters, and each map's firing statistics (§4.1 sampling)
+        outs = []
+        for b in range(nb):
+            yb = inputs[b * self.batch_size:(b + 1) * self.batch_size]
+            outs.append(self._solve(layer.op(), yb, lam)[0])
+        maps = torch.cat(outs)
+        nz = (maps != 0).float()
+        layer.firing.copy_(nz.mean(dim=(0, 2, 3)))
+        layer.amplitude.copy_(maps.abs().sum(dim=(0, 2, 3)) / nz.sum(dim=(0, 2, 3)).clamp(min=1))
+        return maps
+
+    def transform(self, X, n_layers: int | None = None, pooled: bool = False, pool: int = 4):
+        """Inferred maps of the top layer (N, K, ., .); ``pooled``: |maps| average-pooled by ``pool``."""
+        X = self._as_tensor(X)
+        self._check_input(X)
+        maps = self.infer(X, n_layers)["maps"][-1]
+        if pooled:
+            maps = F.avg_pool2d(maps.abs(), pool)
+        return maps
+
+    def _check_input(self, X):
+        check(X.dim() == 4, f"expected images shaped (N, C, H, W), got shape {tuple(X.shape)}")
+        if X.shape[1] != self.n_channels_:
+            kind = "grayscale" if self.n_channels_ == 1 else f"{self.n_channels_}-channel"
+            raise UserError(f"the model is {kind} but the input has {X.shape[1]} channels; convert the image "
+                            f"to {kind} first")
+        check(X.shape[-1] >= self.filter_size and X.shape[-2] >= self.filter_size,
+              f"image is {X.shape[-2]}x{X.shape[-1]}, smaller than the {self.filter_size}x{self.filter_size} "
+              "filters; use a larger image")
+
+    # ------------------------------------------------------------------ figures / generation
+    @torch.no_grad()
+    def filters_in_pixels(self, layer: int) -> torch.Tensor:
+        """Each map of layer ``layer`` (1-based) drawn to pixels: (K_l, C, h_eff, h_eff)."""
+        ops = [self.layers[j].op() for j in range(layer)]
+        if layer == 1:
+            Wg = ops[0].W
+            return Wg.clone()
+        return csc.Composite(*ops).effective_filters()
+
+    @torch.no_grad()
+    def sample(self, n: int, size: int, layer: int | None = None, generator: torch.Generator | None = None):
+        """Samples (§4.1, Fig. 3): maps drawn with each feature's training firing frequency, projected down."""
+        layer = len(self.layers) if layer is None else layer
+        L = self.layers[layer - 1]
+        check(float(L.firing.sum()) > 0, "the model has no firing statistics (train it with fit first)")
+        shape = (size, size)
+        for l in range(layer):
+            shape = self.layers[l].op().map_shape(shape)
+        gen = generator or torch.Generator().manual_seed(0)
+        u = torch.rand(n, L.n_maps, *shape, generator=gen)
+        sign = torch.where(torch.rand(n, L.n_maps, *shape, generator=gen) < 0.5, -1.0, 1.0)
+        x = (u < L.firing.cpu()[None, :, None, None]).float() * sign * L.amplitude.cpu()[None, :, None, None]
+        return self.project(x.to(L.W.device), layer)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, layer in enumerate(self.layers):
+            out[f"layers.{i}.W"] = layer.W.detach()          # portable (out, in, kh, kw) layout
+            out[f"layers.{i}.g"] = layer.g
+            out[f"layers.{i}.firing"] = layer.firing
+            out[f"layers.{i}.amplitude"] = layer.amplitude
+        return out
+
+    def meta(self) -> dict:
+        params = self.get_params()
+        params["connectivity"] = [c if isinstance(c, str) else "table" for c in
+                                  ([self.connectivity] if isinstance(self.connectivity, str) else self.connectivity)]
+        params["n_maps"] = list(self.n_maps)
+        return {"params": params, "n_channels": self.n_channels_, "history": self.history_}
+
+    def save(self, directory, extra: dict | None = None):
+        from genconv.io import save_checkpoint
+        save_checkpoint(directory, KIND, self.state_tensors(), {**self.meta(), **(extra or {})})
+
+    @classmethod
+    def load(cls, directory, device="cpu") -> "DeconvNet":
+        from genconv.io import load_checkpoint
+        tensors, meta = load_checkpoint(directory, KIND, device=device)
+        params = dict(meta.get("params", {}))
+        conns = params.pop("connectivity", ["full"])
+        model = cls(**{k: v for k, v in params.items() if k in cls().get_params()}, device=device)
+        n_layers = len(model.n_maps)
+        C = int(meta["n_channels"])
+        model.layers = nn.ModuleList()
+        for i in range(n_layers):
+            W, g = tensors.get(f"layers.{i}.W"), tensors.get(f"layers.{i}.g")
+            if W is None or g is None:
+                raise UserError(f"{directory}: missing layers.{i} tensors; the checkpoint is incomplete, retrain it")
+            layer = DeconvLayer(W.shape[0], W.shape[1], W.shape[-1], g)
+            layer.W.data = W.clone()
+            for name in ("firing", "amplitude"):
+                if f"layers.{i}.{name}" in tensors:
+                    getattr(layer, name).copy_(tensors[f"layers.{i}.{name}"])
+            model.layers.append(layer)
+        model.connectivity = conns
+        model.n_channels_ = C
+        model.history_ = meta.get("history", [])
+        model.to(device)
+        return model

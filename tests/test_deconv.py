@@ -1,0 +1,229 @@
+"""Deconvolutional Networks (paper 001): solvers against independent truth, the model, the CLI."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genconv.errors import UserError
+from genconv.inference import csc
+from genconv.models.deconvnet import DeconvNet
+
+
+def _unit(W):
+    return W / W.flatten(1).norm(dim=1)[:, None, None, None]
+
+
+def _dot(a, b):
+    return float((a.double() * b.double()).sum())
+
+
+# ---------------------------------------------------------------- operators
+
+
+@pytest.mark.parametrize("layout", ["full", "singles+pairs", "random-pairs", "table"])
+def test_adjoint_identity_every_connectivity(layout):
+    gen = torch.Generator().manual_seed(1)
+    K, C = (6, 3)
+    table = [[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 0]]
+    g = csc.connectivity(table if layout == "table" else layout, K, C, gen)
+    op = csc.ConvDictionary(torch.randn(K, C, 5, 5, generator=gen), g)
+    z = torch.randn(2, K, 14, 12, generator=gen)
+    y = torch.randn(2, C, 10, 8, generator=gen)
+    lhs, rhs = _dot(op.forward(z), y), _dot(z, op.adjoint(y))      # <Fz, y> = <z, F^T y>
+    assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
+    # unconnected pairs really contribute nothing: an impulse in map k shows only in its connected inputs
+    for k in range(K):
+        e = torch.zeros(1, K, 14, 12)
+        e[0, k, 7, 6] = 1
+        seen = op.forward(e)[0].flatten(1).abs().sum(1) > 0
+        assert torch.equal(seen, g[k].bool())
+
+
+def test_forward_is_valid_convolution_drawing_the_filter():
+    W = torch.randn(2, 1, 3, 3)
+    op = csc.ConvDictionary(W)
+    z = torch.zeros(1, 2, 7, 7)
+    z[0, 1, 3, 3] = 1.0                               # impulse -> the filter itself (portable layout)
+    out = op.forward(z)
+    assert out.shape == (1, 1, 5, 5)
+    torch.testing.assert_close(out[0, 0, 1:4, 1:4], W[1, 0])
+
+
+def test_composite_effective_filters_match_operator():
+    gen = torch.Generator().manual_seed(2)
+    op1 = csc.ConvDictionary(torch.randn(3, 1, 3, 3, generator=gen))
+    op2 = csc.ConvDictionary(torch.randn(4, 3, 3, 3, generator=gen), csc.connectivity("random-pairs", 4, 3, gen))
+    comp = csc.Composite(op1, op2)
+    z = torch.randn(2, 4, 14, 14, generator=gen)
+    torch.testing.assert_close(comp.forward(z), csc.ConvDictionary(comp.effective_filters()).forward(z),
+                               atol=1e-4, rtol=1e-4)
+    y = torch.randn(2, 1, 10, 10, generator=gen)
+    assert abs(_dot(comp.forward(z), y) - _dot(z, comp.adjoint(y))) < 1e-3 * abs(_dot(comp.forward(z), y))
+
+
+# ---------------------------------------------------------------- x step
+
+
+def test_shrinkage_matches_closed_form_1d_minimizer():
+    v = torch.linspace(-3, 3, 121, dtype=torch.float64)
+    for beta in (0.5, 2.0, 10.0):
+        x = csc.shrink(v, beta)
+        grid = torch.linspace(-4, 4, 80001, dtype=torch.float64)          # brute force on a fine grid
+        cost = grid.abs()[None] + beta / 2 * (grid[None] - v[:, None]) ** 2
+        best = grid[cost.argmin(1)]
+        assert (x - best).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("p", [0.5, 0.8])
+def test_p_table_matches_brute_force(p):
+    table = csc.GeneralizedShrinkage(p)
+    v = torch.linspace(-6, 6, 241, dtype=torch.float64)
+    grid = torch.linspace(-7, 7, 70001, dtype=torch.float64)
+    for beta in (1.0, 6.0, 216.0):
+        x = table(v, beta)
+        e = lambda u: u.abs() ** p + beta / 2 * (u - v if u.dim() == 1 else u - v[:, None]) ** 2  # noqa: E731
+        cost = grid.abs()[None] ** p + beta / 2 * (grid[None] - v[:, None]) ** 2
+        best = cost.min(1).values
+        # the table's answer costs no more than the brute-force minimum (up to the grid's resolution)
+        assert (e(x) - best).max() < 2e-4, (beta, float((e(x) - best).max()))
+        # and is the same point away from the jump at the threshold
+        bx = grid[cost.argmin(1)]
+        far = (x != 0) == (bx != 0)
+        assert (x - bx)[far].abs().max() < 2e-3
+
+
+# ---------------------------------------------------------------- z step and continuation
+
+
+def _problem(K=4, C=1, n=16, H=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    op = csc.ConvDictionary(_unit(torch.randn(K, C, H, H, generator=gen)))
+    y = torch.randn(2, C, n, n, generator=gen)
+    return op, y
+
+
+def test_cg_reaches_small_residual_on_eq6():
+    op, y = _problem()
+    beta, lam = 6.0, 1.0
+    x = torch.randn(2, op.n_maps, 20, 20)
+    A = lambda v: op.adjoint(op.forward(v)) + beta / lam * v                  # noqa: E731  eq. 7
+    b = op.adjoint(y) + beta / lam * x                                        # eq. 6
+    z, res = csc.cg(A, b, torch.zeros_like(b), iters=200, tol=1e-7)
+    true_res = (A(z) - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)
+    assert true_res.max() < 1e-5 and res.max() < 1e-5
+
+
+@pytest.mark.parametrize("p", [1.0, 0.7])
+def test_objective_never_increases_within_continuation(p):
+    op, y = _problem()
+    res = csc.solve_continuation(op, y, lambda_=1.0, p=p, record=True, inner_iters=2)
+    assert len(res.history) == 2 * 7                                          # beta = 1, 6, ..., 46656 < 1e5
+    for h in res.history:
+        assert h["aux_after"] <= h["aux_before"] * (1 + 1e-5) + 1e-4, h
+    assert res.history[-1]["cg_residual"] < 1e-3
+
+
+def test_z0_low_frequency_map_reconstructs_raw_image():
+    op, _ = _problem()
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 16), torch.linspace(0, 1, 16), indexing="ij")
+    y = (3 + 2 * yy + xx)[None, None]                                         # smooth, far from zero mean
+    low = csc.LowFrequency(1, 5, alpha=1.0)
+    res = csc.solve_continuation(op, y, lambda_=1.0, low=low, cg_iters=20)
+    with_z0 = csc.objective(op, y, res.x, lambda_=1.0, low=low, z0=res.z0)
+    without = csc.solve_continuation(op, y, lambda_=1.0, cg_iters=20)
+    assert float(with_z0.sum()) < 0.2 * float(csc.objective(op, y, without.x, lambda_=1.0).sum())
+
+
+def test_filter_gradient_matches_autograd():
+    gen = torch.Generator().manual_seed(3)
+    g = csc.connectivity("singles+pairs", 5, 3)
+    W = torch.randn(5, 3, 3, 3, generator=gen, dtype=torch.float64)
+    z = torch.randn(2, 5, 9, 9, generator=gen, dtype=torch.float64)
+    y = torch.randn(2, 3, 7, 7, generator=gen, dtype=torch.float64)
+    Wr = W.clone().requires_grad_(True)
+    loss = 0.5 * 2.5 * (csc.ConvDictionary(Wr, g.double()).forward(z) - y).pow(2).sum()
+    loss.backward()
+    torch.testing.assert_close(csc.filter_gradient(W, g.double(), z, y, 2.5), Wr.grad)
+
+
+def test_fast_and_paper_solvers_agree_on_objective():
+    op, y = _problem(K=3, n=12)
+    x_admm, hist = csc.solve_admm(op, y, lambda_=1.0, iters=600, record=True)
+    paper = csc.solve_continuation(op, y, lambda_=1.0, beta_inc=2, beta_max=1e5, inner_iters=20, cg_iters=30)
+    f_admm = float(csc.objective(op, y, x_admm, lambda_=1.0).sum())
+    f_paper = float(csc.objective(op, y, paper.x, lambda_=1.0).sum())
+    assert abs(f_admm - hist[-1]["objective"]) < 1e-3 * f_admm            # ADMM's own record is the spatial one
+    assert abs(f_paper - f_admm) < 0.01 * f_admm
+    # the paper's schedule (one x/z step per beta) stops short of the optimum, never below it
+    short = csc.solve_continuation(op, y, lambda_=1.0)
+    assert float(csc.objective(op, y, short.x, lambda_=1.0).sum()) >= f_admm * (1 - 1e-3)
+
+
+def test_admm_boundary_keeps_spatial_objective():
+    """The masked ADMM solves the valid-convolution problem: its optimum cannot be improved by subgradient moves."""
+    op, y = _problem(K=2, n=12)
+    x, _ = csc.solve_admm(op, y, lambda_=1.0, iters=1500)
+    grad = op.adjoint(op.forward(x) - y)                                      # smooth part gradient
+    on = x != 0
+    assert (grad[on] + torch.sign(x[on])).abs().max() < 2e-2                  # KKT: grad = -sign(x) on support
+    assert grad[~on].abs().max() < 1 + 2e-2                                   # |grad| <= 1 off support
+
+
+# ---------------------------------------------------------------- model
+
+
+def _images(n=6, size=20, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 1, size, size, generator=gen)
+    return torch.nn.functional.avg_pool2d(X, 3, 1, 1) * 6
+
+
+def test_fit_transform_save_load_roundtrip(tmp_path):
+    X = _images()
+    m = DeconvNet(n_maps=(3, 4), filter_size=5, epochs=1, batch_size=3, connectivity=("full", "singles+pairs"))
+    m.fit(X)
+    assert m.history_[0]["objective"] > 0
+    for layer in m.layers:        # unit-norm filter planes where connected (Algorithm 1)
+        n = layer.W.flatten(2).norm(dim=2)
+        torch.testing.assert_close(n, layer.g, atol=1e-5, rtol=0)
+    maps = m.transform(X[:2])
+    assert maps.shape == (2, 4, 28, 28)
+    m.save(tmp_path / "run")
+    m2 = DeconvNet.load(tmp_path / "run")
+    torch.testing.assert_close(m2.layers[1].W, m.layers[1].W)
+    torch.testing.assert_close(m2.transform(X[:2]), maps)
+    assert m.sample(2, 10).shape == (2, 1, 10, 10)
+    assert m.filters_in_pixels(2).shape == (4, 1, 9, 9)
+
+
+def test_learning_lowers_the_objective():
+    X = _images(n=8, size=24)
+    m = DeconvNet(n_maps=(4,), filter_size=5, epochs=3, batch_size=4, filter_steps=3)
+    m.fit(X)
+    objs = [h["objective"] for h in m.history_]
+    assert objs[-1] < objs[0]
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"lambda_": 0.0}, "lambda must be > 0"),
+    ({"p": 1.5}, "p must lie in (0, 1]"),
+    ({"p": 0.0}, "p must lie in (0, 1]"),
+    ({"beta_inc": 1.0}, "beta never reaches beta_max"),
+    ({"beta_max": 0.5}, "below beta0"),
+    ({"filter_size": 30}, "smaller than the 30x30 filters"),
+    ({"connectivity": ("full", [[1, 0, 0]])}, "connectivity table has shape"),
+    ({"connectivity": ("full", [[1, 0, 0], [1, 0, 0], [1, 1, 0]])}, "connects nothing to input map(s) [2]"),
+])
+def test_bad_parameters_raise_one_clear_line(kwargs, msg):
+    params = dict(n_maps=(3, 3), filter_size=5, epochs=1)
+    params.update(kwargs)
+    with pytest.raises(UserError) as e:
+        DeconvNet(**params).fit(_images(n=2))
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_colour_input_to_grayscale_model_is_refused():
+    m = DeconvNet(n_maps=(2,), filter_size=3, epochs=1).fit(_images(n=2, size=10))
+    with pytest.raises(UserError, match="grayscale"):
+        m.transform(torch.rand(1, 3, 10, 10))
