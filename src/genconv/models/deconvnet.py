@@ -248,6 +248,23 @@ class DeconvNet(nn.Module):
             rec = rec + self.low(y.device).forward(out["z0"])
         return rec
 
+    @torch.no_grad()
+    def denoise(self, y: torch.Tensor, sigma: float, n_layers: int = 1, tau=(1.5, 1.5),
+                z0_alpha: float = 0.5) -> torch.Tensor:
+        """Denoise raw images (§4.4): infer maps with lambda_l = 1 / (tau_l * sigma) -- a soft threshold of
+        tau_l noise standard deviations -- plus the z0 low-frequency maps (§3.3, prior z0_alpha * lambda_1),
+        then reconstruct from layer ``n_layers`` (eq. 12)."""
+        check(sigma > 0, f"noise sigma must be > 0, got {sigma}")
+        tau = list(tau) if isinstance(tau, (list, tuple)) else [tau]
+        tau = tau + [tau[-1]] * (len(self.layers) - len(tau))
+        saved = (self.lambda_, self.z0_alpha)
+        try:
+            lams = [1.0 / (t * sigma) for t in tau[:len(self.layers)]]
+            self.lambda_, self.z0_alpha = lams, z0_alpha * lams[0]
+            return self.reconstruct(y, n_layers, use_z0=True)
+        finally:
+            self.lambda_, self.z0_alpha = saved
+
     # ------------------------------------------------------------------ learning (Algorithm 1)
     def fit(self, X, y=None):
         X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X, dtype=torch.float32)
