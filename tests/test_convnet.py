@@ -462,3 +462,30 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, args, msg):
     assert r.stderr.startswith("genconv: error:") and msg in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_protocols_runner_with_a_fake_unsupervised_run(tmp_path):
+    from genconv.recipes import load_recipe
+    from genconv.recipes.convnet_mnist import run_protocols
+    _fake_unsup_run(tmp_path / "cdbn", (3, 1, 3, 3))            # one filter layer only
+    cfg = load_recipe("protocols-mnist", quick=True, overrides={
+        "data.name": "digits", "data.valid_split": "test", "data.n_train": 300, "data.n_valid": 100,
+        "data.n_test": 100, "protocols.labels": [50, 0], "protocols.filters_from": str(tmp_path / "cdbn"),
+        "model.stage1.tail": "Rabs-N5x5-PA2x2", "model.stage2.size": 2, "model.stage2.tail": "Rabs",
+        "train.small.epochs": 1, "train.all.epochs": 1})
+    res = run_protocols(cfg, tmp_path / "out", device=torch.device("cpu"), seed=0, quick=True)
+    assert res["archs"]["1"].startswith("3F3x3CSG")              # the run's filters set the stage
+    runs = {(r["name"], r["labels"]): r for r in res["runs"]}
+    assert len(runs) == 16
+    assert runs[("UU", 50)]["test_error"] is None and "only 1 filter layer" in runs[("UU", 50)]["note"]
+    for key in [("R", 50), ("U", 300), ("R+R+", 300), ("U+", 50)]:
+        assert 0 <= runs[key]["test_error"] <= 100
+    assert runs[("U", 300)]["trainable"] < runs[("U+", 300)]["trainable"]
+    on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(on_disk["runs"]) == 16 and "| U+ |" in (tmp_path / "out" / "report.md").read_text()
+    # a run folder whose filters do not match the images is refused before anything is written
+    _fake_unsup_run(tmp_path / "rgb", (3, 3, 3, 3))
+    cfg["protocols"]["filters_from"] = str(tmp_path / "rgb")
+    with pytest.raises(UserError, match="input channel"):
+        run_protocols(cfg, tmp_path / "out2", device=torch.device("cpu"), seed=0, quick=True)
+    assert not (tmp_path / "out2").exists()
