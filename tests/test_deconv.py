@@ -227,3 +227,118 @@ def test_colour_input_to_grayscale_model_is_refused():
     m = DeconvNet(n_maps=(2,), filter_size=3, epochs=1).fit(_images(n=2, size=10))
     with pytest.raises(UserError, match="grayscale"):
         m.transform(torch.rand(1, 3, 10, 10))
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _cli(argv, capsys):
+    from genconv.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    cap = capsys.readouterr()
+    return e.value.code, cap.out, cap.err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("deconv_run")
+    m = DeconvNet(n_maps=(3, 4), filter_size=3, epochs=1, batch_size=2).fit(_images(n=2, size=12))
+    m.save(d, extra={"denoise": {"tau": [1.0, 1.0], "z0_alpha": 0.5}})
+    return d
+
+
+def _png(path, a):
+    from PIL import Image
+    Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def test_denoise_cli_on_tiny_image(tiny_run, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:24, 0:24] / 24.0
+    clean = 0.5 + 0.3 * np.sin(6 * xx) * np.cos(4 * yy)
+    _png(tmp_path / "clean.png", clean)
+    _png(tmp_path / "noisy.png", clean + 0.08 * rng.standard_normal(clean.shape))
+    for layers in ("1", "2"):
+        out = tmp_path / f"out{layers}.png"
+        code, stdout, err = _cli(["denoise", str(tmp_path / "noisy.png"), "--model", str(tiny_run), "--clean",
+                                  str(tmp_path / "clean.png"), "--out", str(out), "--layers", layers,
+                                  "--device", "cpu"], capsys)
+        assert code == 0, err
+        assert "SNR in" in stdout and "SNR out" in stdout
+        from PIL import Image
+        assert Image.open(out).size == (24, 24)
+    snr_in = float(stdout.split("SNR in")[1].split("dB")[0])
+    assert 5 < snr_in < 30
+
+
+def test_show_and_sample_cli(tiny_run, tmp_path, capsys):
+    code, _, err = _cli(["deconv-show", "--model", str(tiny_run), "--out", str(tmp_path / "fig"), "--device", "cpu"],
+                        capsys)
+    assert code == 0, err
+    assert (tmp_path / "fig" / "filters_layer2.png").stat().st_size > 0
+    code, _, err = _cli(["deconv-sample", "--model", str(tiny_run), "--out", str(tmp_path / "s.png"), "--n", "2",
+                         "--size", "16", "--device", "cpu"], capsys)
+    assert code == 0, err and (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("case,msg", [
+    ("small", "smaller than the 3x3 filters"),
+    ("ref_size", "give the clean version of the same image"),
+    ("no_model", "is not a genconv model folder"),
+    ("bad_layers", "--layers 3"),
+    ("not_image", "cannot read the image"),
+])
+def test_denoise_bad_input_one_line_exit_2_nothing_written(case, msg, tiny_run, tmp_path, capsys):
+    _png(tmp_path / "img.png", np.full((20, 20), 0.5))
+    _png(tmp_path / "tiny.png", np.full((2, 2), 0.5))
+    _png(tmp_path / "other.png", np.full((21, 20), 0.5))
+    (tmp_path / "junk.png").write_text("not an image")
+    img, model, extra = str(tmp_path / "img.png"), str(tiny_run), []
+    if case == "small":
+        img = str(tmp_path / "tiny.png")
+    elif case == "ref_size":
+        extra = ["--clean", str(tmp_path / "other.png")]
+    elif case == "no_model":
+        model = str(tmp_path)
+    elif case == "bad_layers":
+        extra = ["--layers", "3"]
+    elif case == "not_image":
+        img = str(tmp_path / "junk.png")
+    out = tmp_path / "out" / "den.png"
+    code, _, err = _cli(["denoise", img, "--model", model, "--out", str(out), "--sigma", "0.1",
+                         "--device", "cpu", *extra], capsys)
+    assert code == 2
+    assert msg in err and err.startswith("genconv: error:") and err.count("\n") == 1
+    assert not out.exists() and not (tmp_path / "out").exists()
+
+
+def test_colour_image_is_converted_for_grayscale_model(tiny_run, tmp_path, capsys):
+    from PIL import Image
+    a = (np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "rgb.png")
+    code, _, err = _cli(["denoise", str(tmp_path / "rgb.png"), "--model", str(tiny_run), "--out",
+                         str(tmp_path / "o.png"), "--sigma", "0.1", "--device", "cpu"], capsys)
+    assert code == 0 and "converting it to gray" in err
+
+
+def test_recipe_quick_runs_and_writes_results(tmp_path, capsys):
+    from genconv import recipes
+    from genconv.recipes.deconv_natural import run
+    config = recipes.load_recipe("deconv-natural", quick=True, overrides={
+        "data.crop_size": 16, "data.n_crops": 2, "model.n_maps": [2, 3], "model.filter_size": 5,
+        "denoise.calibrate_size": 20, "denoise.tau_grid": [1.0]})
+    res = run(config, tmp_path / "r", device=torch.device("cpu"), seed=0, quick=True)
+    import json
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert saved["n_maps"] == [2, 3] and len(saved["layers"]) == 2
+    for f in ("filters_layer1.png", "filters_layer2.png", "report.md", "config.toml", "model.safetensors"):
+        assert (tmp_path / "r" / f).exists()
+    assert res["layers"][0]["connections"] == 2
+
+
+def test_recipe_bad_setting_writes_nothing(tmp_path, capsys):
+    code, _, err = _cli(["run", "deconv-natural", "--quick", "--out", str(tmp_path / "r"), "--set", "model.p=1.5",
+                         "--device", "cpu"], capsys)
+    assert code == 2 and "p must lie in (0, 1]" in err
+    assert not (tmp_path / "r").exists()

@@ -58,6 +58,13 @@ def write_image(path, img: torch.Tensor) -> None:
         Image.fromarray(a).save(tmp, format=fmt)
 
 
+def estimate_sigma(img: torch.Tensor) -> float:
+    """Donoho's noise estimate: median |finest diagonal Haar coefficient| / 0.6745."""
+    a = img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2].double()
+    hh = (a[0::2, 0::2] - a[0::2, 1::2] - a[1::2, 0::2] + a[1::2, 1::2]) / 2
+    return float(hh.abs().median() / 0.6745)
+
+
 def load_model(run, device="cpu"):
     from genconv.models.deconvnet import DeconvNet
 
@@ -174,8 +181,7 @@ def denoise_cmd(image, run, clean, out, layers, sigma, tau, device):
     check(min(y.shape[-2:]) >= model.filter_size, f"{image} is {y.shape[-1]}x{y.shape[-2]}, smaller than the "
           f"{model.filter_size}x{model.filter_size} filters; use a larger image")
     if sigma is None:
-        from skimage.restoration import estimate_sigma
-        sigma = float(estimate_sigma(y[0, 0].numpy()))
+        sigma = estimate_sigma(y[0, 0])
         click.echo(f"estimated noise sigma {sigma:.4f}")
     check(sigma > 0, f"--sigma must be > 0, got {sigma}")
     dn = meta.get("denoise", {})
