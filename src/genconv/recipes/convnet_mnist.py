@@ -74,10 +74,11 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
                "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"], "train_seconds": secs,
                "epoch_seconds": [h["seconds"] for h in summary["history"]], "train": summary["config"]}
         results["variants"][name] = rec
-        save_model(out / name, net, {"variant": name, "test_error": test_err})
+        save_model(out / name, net, {"variant": name, "test_error": test_err, "data": data["name"]})
         if best is None or rec["valid_error"] < results["variants"][best]["valid_error"]:
             best = name
-            save_model(out, net, {"variant": name, "test_error": test_err, "recipe": "convnet-mnist"})
+            save_model(out, net, {"variant": name, "test_error": test_err, "recipe": "convnet-mnist",
+                                  "data": data["name"]})
             filter_grid(net.layers[0].filters().detach().cpu(), out / "filters_layer1.png",
                         title=f"first-layer filters ({name})")
     results["best_variant"] = best

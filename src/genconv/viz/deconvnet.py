@@ -66,8 +66,9 @@ def project(net, x: torch.Tensor, layer: int, feature_map: int) -> torch.Tensor:
     N = h.shape[0]
     flat = h[:, feature_map].reshape(N, -1)
     idx = flat.argmax(1)
+    rows = torch.arange(N, device=h.device)
     z = torch.zeros_like(h)
-    z[:, feature_map].view(N, -1)[torch.arange(N), idx] = flat[torch.arange(N), idx]
+    z[:, feature_map].view(N, -1)[rows, idx] = flat[rows, idx]
     for pos in range(end - 1, -1, -1):           # down again (Zeiler & Fergus §2.1)
         L = net.plan[pos]
         if L.kind == "P":
@@ -113,7 +114,6 @@ def visualize(net, X: torch.Tensor, layer: int, path, maps: list[int] | None = N
             raise UserError(f"feature map {m} does not exist: layer {layer} has {n_avail} maps (0..{n_avail - 1})")
     k = min(k, X.shape[0])
     device = next(net.parameters()).device
-    side = int(np.ceil(np.sqrt(k)))
     fig, axes = plt.subplots(len(maps), 2 * k, figsize=(2 * k * 0.7, len(maps) * 0.8), squeeze=False)
     chosen = {}
     for r, m in enumerate(maps):
@@ -134,7 +134,6 @@ def visualize(net, X: torch.Tensor, layer: int, path, maps: list[int] | None = N
     fig.suptitle(f"layer {layer}: top-{k} projections (left) and input patches (right)", fontsize=8)
     _save(fig, path)
     plt.close(fig)
-    del side
     return {"layer": layer, "maps": maps, "top_k": chosen}
 
 
