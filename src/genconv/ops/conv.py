@@ -53,8 +53,9 @@ def conv_full(h: torch.Tensor, W: torch.Tensor, route: str | None = None) -> tor
     if route == "transpose":
         return F.conv_transpose2d(h, W)
     if route == "transpose_nomkldnn":
-        ctx = torch.backends.mkldnn.flags(enabled=False) if h.device.type == "cpu" else contextlib.nullcontext()
-        with ctx:
+        if h.device.type != "cpu":
+            return F.conv_transpose2d(h, W)
+        with _mkldnn_disabled():
             return F.conv_transpose2d(h, W)
     if route == "padded":
         kh, kw = W.shape[-2:]
@@ -67,6 +68,17 @@ def conv_full(h: torch.Tensor, W: torch.Tensor, route: str | None = None) -> tor
         out = torch.einsum("nkhw,kchw->nchw", Hf, Wf)
         return torch.fft.irfft2(out, s=(H, Wd))
     raise UserError(f"unknown convolution route {route!r}; choose one of {', '.join(FULL_ROUTES)}")
+
+
+@contextlib.contextmanager
+def _mkldnn_disabled():
+    """Disable oneDNN for one call (its transposed convolution is slow for small maps on CPU)."""
+    prev = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(prev)
 
 
 def corr_valid_weight(v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
