@@ -489,3 +489,33 @@ def test_protocols_runner_with_a_fake_unsupervised_run(tmp_path):
     with pytest.raises(UserError, match="input channel"):
         run_protocols(cfg, tmp_path / "out2", device=torch.device("cpu"), seed=0, quick=True)
     assert not (tmp_path / "out2").exists()
+
+
+def test_architecture_as_a_config_list():
+    a = ConvNet(["4F3x3CSG", "Rabs", "N", "PA2x2"], (1, 10, 10), 2, seed=0)
+    b = ConvNet("4F3x3CSG-Rabs-N-PA2x2", (1, 10, 10), 2, seed=0)
+    x = torch.rand(2, 1, 10, 10)
+    assert a.arch == b.arch and torch.equal(a(x), b(x))
+
+
+def test_projection_through_overlapping_average_pooling_is_the_adjoint():
+    # a linear network: projecting a unit's value v down the transposed chain gives v * d(unit)/dx
+    net = ConvNet("2F3x3C-PA3x3s2", (1, 11, 11), 2, seed=4)
+    x = torch.rand(1, 1, 11, 11, dtype=torch.float32)
+    net.eval()
+    h = net.features(x)
+    j = int(h[0, 1].argmax())
+    p = project(net, x, layer=1, feature_map=1)
+    xg = x.clone().requires_grad_(True)
+    unit = net.features(xg)[0, 1].flatten()[j]
+    (grad,) = torch.autograd.grad(unit, xg)
+    assert torch.allclose(p, grad * h[0, 1].flatten()[j], atol=1e-6)
+
+
+def test_cli_filters_with_the_wrong_shape_exit_2_nothing_written(tmp_path):
+    _fake_unsup_run(tmp_path / "cdbn", (4, 1, 5, 5))
+    out = tmp_path / "run"
+    r = _cli("train", "convnet", "--data", "digits", "--arch", "4F3x3CSG-Rabs-PA2x2", "--epochs", "1",
+             "--out", str(out), "--limit", "100", "--protocol", "U", "--filters-from", str(tmp_path / "cdbn"))
+    assert r.returncode == 2 and "layers.0.W has shape (4, 1, 5, 5)" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -63,7 +63,10 @@ def _bad(arch: str, pos: int, token: str, why: str) -> UserError:
 
 
 def parse_arch(arch: str) -> list[Layer]:
-    """Parse Jarrett's notation into a list of :class:`Layer`; UserError names the bad token."""
+    """Parse Jarrett's notation (a string, or a list of tokens) into :class:`Layer` s; UserError
+    names the bad token."""
+    if isinstance(arch, (list, tuple)) and all(isinstance(t, str) for t in arch):
+        arch = "-".join(arch)                   # a config list of tokens
     if not isinstance(arch, str) or not arch.strip():
         raise UserError(f"empty architecture; write one like 32F5x5C-ReLU-PM2x2 ({TOKENS_HELP})")
     tokens = [t.strip() for t in arch.replace(" ", "").split("-")]
@@ -165,6 +168,8 @@ class ConvNet(nn.Module):
 
     def __init__(self, arch: str, in_shape=(1, 28, 28), n_classes: int = 10, seed: int = 0):
         super().__init__()
+        if isinstance(arch, (list, tuple)):
+            arch = "-".join(map(str, arch))
         self.arch, self.in_shape, self.n_classes = arch, tuple(int(v) for v in in_shape), int(n_classes)
         if len(self.in_shape) != 3 or min(self.in_shape) < 1:
             raise UserError(f"input shape must be (C, H, W) with positive sizes, got {in_shape}")

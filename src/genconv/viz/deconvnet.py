@@ -75,8 +75,10 @@ def project(net, x: torch.Tensor, layer: int, feature_map: int) -> torch.Tensor:
             if L.params["mode"] == "M":
                 sw, size = record[pos]
                 z = unpool_switches(z, sw, size)
-            else:
+            elif tuple(L.params["stride"]) == tuple(L.params["size"]):
                 z = upsample_blind(z, L.params["size"], shapes[pos][-2:])
+            else:                                 # overlapping P_A: its exact adjoint
+                z = _avg_pool_adjoint(z, shapes[pos], L.params["size"], L.params["stride"])
         elif L.kind == "R":
             z = torch.relu(z)
         elif L.kind == "F":
@@ -87,6 +89,14 @@ def project(net, x: torch.Tensor, layer: int, feature_map: int) -> torch.Tensor:
         # N, T, D: identity
     net.train(was)
     return z
+
+
+def _avg_pool_adjoint(z, in_shape, size, stride):
+    with torch.enable_grad():
+        x0 = torch.zeros(in_shape, dtype=z.dtype, device=z.device, requires_grad=True)
+        y = torch.nn.functional.avg_pool2d(x0, size, stride)
+        (g,) = torch.autograd.grad(y, x0, z)
+    return g
 
 
 def _support(p: np.ndarray, pad: int = 1) -> tuple[slice, slice]:
