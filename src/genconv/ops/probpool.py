@@ -106,6 +106,7 @@ def sample_prob_max_pool(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None = N
     probs = block_probabilities(I_h, C, I_p, edge)
     u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device, dtype=probs.dtype)
     cum = probs.cumsum(-1)
+    u = u * cum[..., -1:]              # u <= total: rounding can never select a zero-probability (absent) state
     state = (cum < u).sum(-1, keepdim=True).clamp_(max=probs.shape[-1] - 1)   # inverse-CDF draw
     onehot = torch.zeros_like(probs).scatter_(-1, state, 1.0)
     shape = tuple(I_h.shape[-2:])
