@@ -519,3 +519,22 @@ def test_cli_filters_with_the_wrong_shape_exit_2_nothing_written(tmp_path):
              "--out", str(out), "--limit", "100", "--protocol", "U", "--filters-from", str(tmp_path / "cdbn"))
     assert r.returncode == 2 and "layers.0.W has shape (4, 1, 5, 5)" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_convnet_mnist_recipe_smoke_then_visualize_layer_2(tmp_path):
+    from genconv.recipes import load_recipe
+    from genconv.recipes.convnet_mnist import run
+    cfg = load_recipe("convnet-mnist", quick=True, overrides={
+        "data.name": "digits", "data.valid_split": "test", "data.n_train": 400, "data.n_valid": 100,
+        "data.n_test": 100, "model.arch": "4F3x3C-ReLU-PM2x2-6F2x2C-ReLU-PM2x2-FC16-ReLU-D0.5"})
+    out = tmp_path / "r"
+    res = run(cfg, out, device=torch.device("cpu"), seed=0, quick=True)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["test_error"] == res["test_error"] and set(on_disk["variants"]) == {"plain", "elastic"}
+    assert (out / "filters_layer1.png").exists() and (out / "report.md").exists()
+    assert (out / "plain" / "metrics.jsonl").exists() and (out / "elastic" / "model.safetensors").exists()
+    r = _cli("visualize", str(out), "--layer", "2", "--out", str(tmp_path / "v.png"), "--limit", "200")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "v.png").stat().st_size > 1000
+    r = _cli("visualize", str(out), "--layer", "3", "--out", str(tmp_path / "w.png"))
+    assert r.returncode == 2 and "layer 3 does not exist" in r.stderr and not (tmp_path / "w.png").exists()
