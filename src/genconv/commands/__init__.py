@@ -2,7 +2,7 @@
 ``genconv.cli.cli`` (top-level verbs) or ``genconv.cli.train`` (``genconv train KIND``)."""
 import importlib
 
-for _name in ("cdbn", "deconv", "convnet"):
+for _name in ("cdbn", "deconv", "convnet", "specificity"):
     try:
         importlib.import_module(f"{__name__}.{_name}")
     except ModuleNotFoundError as e:  # a family not written yet
