@@ -3,7 +3,6 @@ supervised trainer, the R/U/R+/U+ protocols, the deconvnet visualization and the
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 

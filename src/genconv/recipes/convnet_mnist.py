@@ -120,7 +120,6 @@ def run_protocols(config: dict, out: Path, *, device, seed: int, quick: bool) ->
     """Jarrett's R / U / R+ / U+ table for one and two F_CSG-R_abs-N-P_A stages, at several label
     counts. U takes ``layers.<i>.W`` from ``protocols.filters_from`` (any genconv run folder)."""
     from genconv.models.protocols import apply_protocol, check_protocol, load_filters, protocol_name
-    from genconv.training.supervised import split_validation  # noqa: F401  (documented alternative)
 
     _threads(config)
     out = Path(out)

@@ -12,6 +12,7 @@ from it. Only parameters with ``requires_grad`` are given to the optimizer, so f
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from genconv.data.augment import Augment
 from genconv.errors import UserError
-from genconv.io import append_jsonl, load_checkpoint, save_checkpoint
+from genconv.io import append_jsonl, load_checkpoint, save_checkpoint, write_text
 
 STATE_KIND = "convnet-train-state"
 
@@ -228,8 +229,6 @@ def fit(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, X_valid: torch
     if out is not None and resume and (out / "checkpoint" / "model.json").exists():
         start, history, best = _load_state(out / "checkpoint", model, opt, gen, aug, device)
         # the log may hold an epoch finished after the last checkpoint: rewrite it from the state
-        from genconv.io import write_text
-        import json
         write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     elif out is not None and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
