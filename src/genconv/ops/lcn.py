@@ -37,11 +37,12 @@ def gaussian_window(size: int = 9, sigma: float | None = None, *, dtype=torch.fl
 
 
 def _local_sum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """sum_ipq w_pq x_i,j+p,k+q with zero padding: (N, C, H, W) -> (N, 1, H, W)."""
-    n_maps = x.shape[1]
+    """sum_ipq w_pq x_i,j+p,k+q with zero padding: (N, C, H, W) -> (N, 1, H, W).
+
+    The window is the same for every map, so the maps are summed first and one single-channel
+    convolution does the rest (C times cheaper than a C-channel one)."""
     k = w.shape[-1]
-    W = w.expand(1, n_maps, k, k)
-    return F.conv2d(x, W, padding=k // 2)
+    return F.conv2d(x.sum(dim=1, keepdim=True), w.view(1, 1, k, k), padding=k // 2)
 
 
 def local_contrast_normalize(x: torch.Tensor, size: int = 9, sigma: float | None = None,
@@ -56,7 +57,7 @@ def local_contrast_normalize(x: torch.Tensor, size: int = 9, sigma: float | None
     w = gaussian_window(size, sigma, dtype=x.dtype, device=x.device)
     w = w / x.shape[1]                      # sum over i, p, q of w is 1
     # mass of the window inside the image at each site (1 away from the borders)
-    ones = torch.ones((1, x.shape[1]) + tuple(x.shape[-2:]), dtype=x.dtype, device=x.device)
+    ones = torch.ones((1, x.shape[1]) + tuple(x.shape[-2:]), dtype=x.dtype, device=x.device)  # cheap: 1 sample
     mass = _local_sum(ones, w)
     mean = _local_sum(x, w) / mass
     v = x - mean                                                    # subtractive step
