@@ -41,12 +41,14 @@ def cli():
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a recipe setting")
-def run(recipe, out, quick, device, seed, sets):
+@click.option("--resume", is_flag=True, help="continue a killed run in --out from its last checkpoint")
+def run(recipe, out, quick, device, seed, sets, resume):
     """Run a named recipe (a reproducible experiment) end to end."""
     from genconv import recipes
     from genconv.device import resolve_device
 
     config = recipes.load_recipe(recipe, quick=quick, overrides=_parse_set(sets))
+    config["recipe"]["resume"] = resume
     out = Path(out or f"runs/{recipe}{'-quick' if quick else ''}")
     fn = recipes.runner(config)
     fn(config, out, device=resolve_device(device), seed=seed, quick=quick)

@@ -97,39 +97,39 @@ class CDBNNet(nn.Module):
 
     @torch.no_grad()
     def gibbs(self, v: torch.Tensor, n_iter: int = 20, clamp: torch.Tensor | None = None,
-              generator: torch.Generator | None = None, init: str = "upward"):
+              generator: torch.Generator | None = None, average_last: int = 1):
         """Block Gibbs sampling of all hidden layers (and unclamped visible pixels) given an image.
 
         ``clamp``: boolean mask like ``v``; True pixels stay at their observed values, the others are
-        resampled from P(v | h^1) every sweep. Returns ``(v, state, v_mean)`` where ``state`` is the
-        list of sampled ``(h^l, p^l)`` and ``v_mean`` = E[v | h^1] after the last sweep.
+        resampled from P(v | h^1) every sweep. The chain starts from a sample of the upward pass.
+        Returns ``(v, state, v_mean)``: the last visible sample, the list of sampled ``(h^l, p^l)``,
+        and E[v | h^1] averaged over the last ``average_last`` sweeps.
         """
         L = len(self.layers)
-        probs = self.upward(v)
         state = []
         x = v
-        for l, layer in enumerate(self.layers):   # initial sample from the upward pass
+        for layer in self.layers:                      # initial state: sample of the upward pass
             h, p = layer.sample_hidden(x, generator=generator)[:2]
             state.append((h, p))
             x = p
         v = v.clone()
-        v_mean = self.layers[0].visible_mean(state[0][0])
-        for _ in range(n_iter):
+        acc, n_acc = torch.zeros_like(v), 0
+        for t in range(n_iter):
             # visible layer given h^1 (only where not clamped)
-            v_mean = self.layers[0].visible_mean(state[0][0])
-            if clamp is None:
-                v = self.layers[0].sample_visible(state[0][0], generator)
-            else:
-                v = torch.where(clamp, v, self.layers[0].sample_visible(state[0][0], generator))
+            v_new = self.layers[0].sample_visible(state[0][0], generator)
+            v = v_new if clamp is None else torch.where(clamp, v, v_new)
             x = v
-            for l, layer in enumerate(self.layers):
+            for l, layer in enumerate(self.layers):    # each layer given the one below and above
                 I_p = None
                 if l + 1 < L:
                     I_p = self._fit_top_down(self._top_down(l, state[l + 1][0]), state[l][1])
                 h, p = layer.sample_hidden(x, top_down=I_p, generator=generator)[:2]
                 state[l] = (h, p)
                 x = p
-        del probs
+            if t >= n_iter - average_last:
+                acc += self.layers[0].visible_mean(state[0][0])
+                n_acc += 1
+        v_mean = acc / max(n_acc, 1) if n_acc else self.layers[0].visible_mean(state[0][0])
         return v, state, v_mean
 
     @torch.no_grad()
@@ -402,6 +402,7 @@ class CDBN(TransformerMixin, BaseEstimator):
                              "layer_epochs": [int(layer.epoch) for layer in self.net_.layers]},
                 "history": self.history_, "genconv_version": __version__}
         meta["estimator"]["layers"] = [dict(_as_params(s).to_dict()) for s in self.layers]
+        meta.update(getattr(self, "extra_meta_", {}))
         if extra_meta:
             meta.update(extra_meta)
         save_checkpoint(directory, KIND, self._tensors(), meta)
@@ -430,6 +431,7 @@ class CDBN(TransformerMixin, BaseEstimator):
         est.generator_.set_state(tensors["rng_state"].to("cpu"))
         est.n_features_out_ = est._n_features()
         est.meta_ = meta
+        est.extra_meta_ = {k: meta[k] for k in ("preprocessing",) if k in meta}
         return est
 
     def _load_tensors(self, tensors: dict[str, torch.Tensor], where) -> None:
