@@ -73,6 +73,7 @@ def test_summary_statistics():
     even = [fake(math.pi * i / 8 + 0.01) for i in range(8)]
     s = G.summarize(even)
     assert s["orientation_circular_spread"] == pytest.approx(1.0, abs=1e-9)
+    assert G.summarize([])["r2_median"] is None and G.summarize([fake(0.0)])["n_good_fit"] == 1
     assert s["orientation_histogram"] == [1] * 8
     assert s["fraction_orientation_bins_occupied"] == 1.0
     # 0 and (almost) pi are the same orientation: no spread
@@ -91,3 +92,25 @@ def test_rejects_multichannel_and_tiny_filters():
         G.fit_bases(torch.zeros(2, 3, 10, 10))
     with pytest.raises(UserError, match="at least 3x3"):
         G.fit_gabor(np.zeros((2, 2)))
+
+
+def test_cdbn_natural_recipe_smoke(tmp_path):
+    """The recipe end to end at toy size: files written, results.json carries the Gabor measure."""
+    import json
+
+    from genconv import recipes
+
+    config = recipes.load_recipe("cdbn-natural", quick=True, overrides={
+        "data.n_crops": 6, "data.crop_size": 24, "model.epochs": [1, 1], "model.batch_size": 3,
+        "layer1.n_bases": 3, "layer2.n_bases": 2, "layer2.filter_size": 3})
+    out = tmp_path / "run"
+    res = recipes.runner(config)(config, out, device=torch.device("cpu"), seed=0, quick=True)
+    for name in ("config.toml", "model.safetensors", "model.json", "metrics.jsonl", "filters_layer1.png",
+                 "filters_layer2.png", "gabor_r2.png", "gabor_orientations.png", "report.md", "results.json"):
+        assert (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "results.json").read_text())
+    s = saved["layer1_edge_likeness"]
+    assert s["n_bases"] == 3 and s["r2_threshold"] == 0.7 and 0 <= s["fraction_good_fit"] <= 1
+    assert len(saved["layer1_per_basis"]) == 3
+    assert res["layer1_edge_likeness"] == s
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2      # one line per layer-epoch

@@ -19,7 +19,7 @@ orientations (circular statistics on the doubled angle 2 theta, since orientatio
 resultant length R is 1 when all share one orientation and ~0 when they are spread evenly; we report
 ``1 - R``), their histogram over 8 bins of [0, pi) and the fraction of bins occupied, and localization:
 the envelope size ``2 sqrt(sigma_x sigma_y)`` (the geometric-mean width between the e^-1/2 points)
-relative to the filter's side.
+relative to the filter's side. Statistics that are undefined (no good fit) are ``None``.
 """
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ def summarize(fits: list[GaborFit], r2_threshold: float = R2_THRESHOLD,
     ori = np.array([f.orientation for f in good])
     hist, _ = np.histogram(ori, bins=n_bins, range=(0.0, np.pi))
     rel = np.array([f.relative_envelope for f in good])
-    return {
+    out = {
         "n_bases": len(fits),
         "r2_threshold": r2_threshold,
         "fraction_good_fit": float((r2 >= r2_threshold).mean()) if len(fits) else float("nan"),
@@ -194,6 +194,8 @@ def summarize(fits: list[GaborFit], r2_threshold: float = R2_THRESHOLD,
         "relative_envelope_median": float(np.median(rel)) if len(rel) else float("nan"),
         "wavelength_median": float(np.median([f.wavelength for f in good])) if good else float("nan"),
     }
+    # undefined statistics (no bases, or no good fits) are None, so that results stay valid JSON
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
 def edge_likeness(W, r2_threshold: float = R2_THRESHOLD, **kw) -> dict:
