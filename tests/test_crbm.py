@@ -336,3 +336,19 @@ def test_filter_larger_than_input_and_unknown_setting():
         CRBMParams.from_dict({"sparsity": 0.1})
     with pytest.raises(UserError, match=r"C=2 does not divide the hidden map size 5"):
         CRBM(CRBMParams(n_bases=2, filter_size=2, C=2, edge="error")).hidden_probs(torch.zeros(1, 1, 6, 6))
+
+
+def test_gaussian_sigma_schedule_and_hidden_input_scaling():
+    """Authors' schedule: sigma *= 0.99 per epoch down to sigma_stop; the hidden input scales as 1/sigma^2."""
+    m = CRBM(CRBMParams(n_bases=2, filter_size=2, visible="gaussian", sigma=0.2, sigma_stop=0.1, sigma_decay=0.99))
+    m.reset_parameters(torch.Generator().manual_seed(0))
+    v = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    I0 = m.hidden_input(v)
+    for epoch in range(1, 101):
+        m.end_epoch()
+        assert float(m.sigma) == pytest.approx(max(0.2 * 0.99 ** epoch, 0.1), rel=1e-9)
+    assert int(m.epoch) == 100 and float(m.sigma) == pytest.approx(0.1)
+    torch.testing.assert_close(m.hidden_input(v), I0 * (0.2 / 0.1) ** 2, rtol=1e-5, atol=1e-7)
+    b = CRBM(CRBMParams(visible="binary"))
+    b.end_epoch()
+    assert float(b.sigma) == 1.0
