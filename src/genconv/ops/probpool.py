@@ -82,6 +82,60 @@ def block_probabilities(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None = No
     return torch.softmax(torch.cat([off, blocks], dim=-1), dim=-1)   # subtracts the block max
 
 
+def _unit_major_probs(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None, edge: str):
+    """Same probabilities as :func:`block_probabilities`, with the C*C units of a block leading.
+
+    Layout (C*C, N, K, Hp, Wp): slice ``j`` holds unit (j // C, j % C) of every block, so the block
+    max, sum and running sum are C*C contiguous element-wise passes (the 5-wide softmax over the last
+    axis and its permuted copies dominated the CD step's time).
+    Returns ``(P(h=1) (C*C, N, K, Hp, Wp), P(p=0), P(p=1))``, the last two (N, K, Hp, Wp).
+    """
+    N, K, H, W = I_h.shape
+    Hp, Wp = pooled_size(H, C, edge), pooled_size(W, C, edge)
+    if I_p is not None and I_p.shape != (N, K, Hp, Wp):
+        raise UserError(f"top-down input has shape {tuple(I_p.shape)}, the pooling layer is {(N, K, Hp, Wp)}")
+    if edge == "crop":
+        I_h = I_h[:, :, : Hp * C, : Wp * C]
+    E = I_h.new_empty((C * C, N, K, Hp, Wp))
+    for a in range(C):
+        for b in range(C):
+            src = I_h[:, :, a::C, b::C]
+            ra, rb = src.shape[-2:]
+            E[a * C + b, :, :, :ra, :rb] = src
+            E[a * C + b, :, :, ra:, :] = -math.inf                  # padded (absent) units: energy -inf
+            E[a * C + b, :, :, :, rb:] = -math.inf
+    if I_p is not None:
+        E.add_(I_p)                                                 # I(h) + I(p), eq. 4
+    m = E.amax(0).clamp_(min=0)                                     # block max, with the off state's 0
+    e = E.sub_(m).exp_()
+    off = (-m).exp_()
+    s = e.sum(0)
+    Z = s + off                                                     # 1 + sum exp(I), scaled by exp(-m)
+    return e.div_(Z), off.div_(Z), s.div_(Z)
+
+
+def _unit_slots(x: torch.Tensor, C: int, shape):
+    """Output (N, K, H, W) for unit-major ``x`` and, per unit j, its strided slot and the part of
+    slice j that fills it (zeros stay where cropped units were dropped)."""
+    _, N, K, Hp, Wp = x.shape
+    H, W = shape
+    whole = Hp * C >= H and Wp * C >= W
+    out = x.new_empty((N, K, H, W)) if whole else x.new_zeros((N, K, H, W))
+    inner = out[:, :, : Hp * C, : Wp * C]
+    for a in range(C):
+        for b in range(C):
+            dst = inner[:, :, a::C, b::C]
+            yield out, dst, a * C + b, (slice(None), slice(None), slice(0, dst.shape[-2]), slice(0, dst.shape[-1]))
+
+
+def _from_unit_major(x: torch.Tensor, C: int, shape) -> torch.Tensor:
+    """(C*C, N, K, Hp, Wp) -> (N, K, H, W), zeros where units were cropped."""
+    out = None
+    for out, dst, j, sl in _unit_slots(x, C, shape):
+        dst.copy_(x[j][sl])
+    return out
+
+
 def prob_max_pool(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None = None,
                   edge: str = "pad") -> tuple[torch.Tensor, torch.Tensor]:
     """Exact conditional expectations (000 §3.6 formulas).
@@ -89,10 +143,8 @@ def prob_max_pool(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None = None,
     Returns ``(P(h=1), P(p=1))`` with shapes (N, K, H, W) and (N, K, Hp, Wp). These are also the
     mean-field updates of the detection and pooling units.
     """
-    probs = block_probabilities(I_h, C, I_p, edge)
-    h = _from_blocks(probs[..., 1:], C, tuple(I_h.shape[-2:]))
-    p = 1.0 - probs[..., 0]
-    return h, p
+    h, _, p_on = _unit_major_probs(I_h, C, I_p, edge)
+    return _from_unit_major(h, C, tuple(I_h.shape[-2:])), p_on
 
 
 def sample_prob_max_pool(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None = None,
@@ -103,14 +155,19 @@ def sample_prob_max_pool(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None = N
     Returns ``(h_sample, p_sample, h_prob, p_prob)``; samples are 0/1 float tensors with at most one
     detection unit on per block, and ``p = 1`` exactly when one is on.
     """
-    probs = block_probabilities(I_h, C, I_p, edge)
-    u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device, dtype=probs.dtype)
-    cum = probs.cumsum(-1)
-    u = u * cum[..., -1:]              # u <= total: rounding can never select a zero-probability (absent) state
-    state = (cum < u).sum(-1, keepdim=True).clamp_(max=probs.shape[-1] - 1)   # inverse-CDF draw
-    onehot = torch.zeros_like(probs).scatter_(-1, state, 1.0)
+    h, p_off, p_on = _unit_major_probs(I_h, C, I_p, edge)
+    CC = h.shape[0]
+    # inverse-CDF draw over the states (off, then the block's units in row-major order): the running
+    # sum is non-decreasing, so exactly one state j has cum[j-1] < u <= cum[j]
+    cum = torch.empty((CC + 1,) + p_off.shape, dtype=h.dtype, device=h.device)
+    cum[0] = p_off
+    for j in range(CC):
+        torch.add(cum[j], h[j], out=cum[j + 1])
+    u = torch.rand(p_off.shape + (1,), generator=generator, device=h.device, dtype=h.dtype).view(p_off.shape)
+    u = u * cum[CC]                    # u <= total: rounding can never select a zero-probability (absent) state
+    below = torch.lt(cum, u, out=torch.empty_like(cum))   # 1 for the states before the drawn one
     shape = tuple(I_h.shape[-2:])
-    h_sample = _from_blocks(onehot[..., 1:], C, shape)
-    p_sample = 1.0 - onehot[..., 0]
-    h_prob = _from_blocks(probs[..., 1:], C, shape)
-    return h_sample, p_sample, h_prob, 1.0 - probs[..., 0]
+    h_sample = None
+    for h_sample, dst, j, sl in _unit_slots(h, C, shape):
+        torch.sub(below[j][sl], below[j + 1][sl], out=dst)   # unit j is on iff state j+1 was drawn
+    return h_sample, below[0], _from_unit_major(h, C, shape), p_on
