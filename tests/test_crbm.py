@@ -352,3 +352,57 @@ def test_gaussian_sigma_schedule_and_hidden_input_scaling():
     b = CRBM(CRBMParams(visible="binary"))
     b.end_epoch()
     assert float(b.sigma) == 1.0
+
+
+@pytest.mark.parametrize("visible,sigma", [("binary", 1.0), ("gaussian", 0.8)])
+def test_cd1_step_is_unbiased_for_the_enumerated_cd1_expectation(visible, sigma):
+    """The first CD-1 step (no momentum history, epsilon_0, l2, no sparsity) averaged over many copies of one
+    image equals its expectation computed by enumeration (§3.4; gradients divided by the hidden map size):
+
+        dW = eps * ( <v0 (corr) P(h|v0)> - E_{h0 ~ P(h|v0)} <v1 (corr) P(h|v1)> ) / (|H| sigma^2) - eps * l2 * W
+        with v1 = E[v | h0] (mean-field negative data, as the authors' code)
+
+    Sampling noise only enters through h0; its exact standard error is enumerated too (tolerance 5 s.e.)."""
+    eps, l2, n = 0.3, 0.01, 20_000
+    m = _model(visible=visible, sigma=sigma, seed=8)
+    W, b, c = _np(m)
+    s2 = sigma ** 2
+    gaussian = visible == "gaussian"
+    hs = valid_hidden_configs(2, 2, 2, 2)
+    v0 = np.array([[[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]]])
+
+    def posterior(v):
+        e = energies(v[None], hs, W, b, c, sigma, gaussian)[0]
+        w = np.exp(-(e - e.min()))
+        return w / w.sum()
+
+    def v_mean(h):                                      # E[v | h] from the energy (linear in v up to ||v||^2)
+        top = c[:, None, None] + np.zeros((1, 3, 3))
+        for k in range(2):
+            for i in range(2):
+                for j in range(2):
+                    top[0, i:i + 2, j:j + 2] += h[k, i, j] * W[k, 0]
+        return top if gaussian else 1 / (1 + np.exp(-top / s2))
+
+    def stat(v, Eh):                                    # sum_ij Eh[k,i,j] v[i+a, j+b] -> (2, 1, 2, 2)
+        return np.stack([np.array([[[sum(Eh[k, i, j] * v[0, i + a, j + bb] for i in range(2) for j in range(2))
+                                     for bb in range(2)] for a in range(2)]]) for k in range(2)])
+
+    P0 = posterior(v0)
+    pos = stat(v0, np.einsum("h,hkij->kij", P0, hs))
+    negs = np.stack([stat(v_mean(h0), np.einsum("h,hkij->kij", posterior(v_mean(h0)), hs)) for h0 in hs])
+    neg = np.einsum("h,hkcab->kcab", P0, negs)
+    neg_sd = np.sqrt(np.einsum("h,hkcab->kcab", P0, (negs - neg) ** 2))
+    expected = eps * ((pos - neg) / (4 * s2) - l2 * W)
+    se = eps * neg_sd / (4 * s2) / np.sqrt(n)
+
+    params = CRBMParams(n_bases=2, filter_size=2, C=2, visible=visible, sigma=sigma, sigma_stop=sigma,
+                        sparsity_cost=0.0, epsilon=eps, l2=l2)
+    m2 = CRBM(params, in_channels=1).double()
+    with torch.no_grad():
+        m2.W.copy_(m.W), m2.b.copy_(m.b), m2.c.copy_(m.c)
+    m2.cd_step(torch.from_numpy(np.repeat(v0[None], n, 0)), torch.Generator().manual_seed(3))
+    step = (m2.W - m.W).detach().numpy()
+    assert np.all(np.abs(step - expected) <= 5 * se + 1e-12), (step, expected, se)
+    # the check has power: without the division by |H| = 4 the gradient part would be 4x larger
+    assert np.max(np.abs(eps * (pos - neg) / (4 * s2))) > 20 * se.max()
