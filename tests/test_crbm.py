@@ -406,3 +406,44 @@ def test_cd1_step_is_unbiased_for_the_enumerated_cd1_expectation(visible, sigma)
     assert np.all(np.abs(step - expected) <= 5 * se + 1e-12), (step, expected, se)
     # the check has power: without the division by |H| = 4 the gradient part would be 4x larger
     assert np.max(np.abs(eps * (pos - neg) / (4 * s2))) > 20 * se.max()
+
+
+def _twin_steps(params, setup_a, setup_b, v):
+    """One CD step of two identical models (same weights, same random stream) after different set-ups."""
+    steps = []
+    for setup in (setup_a, setup_b):
+        m = CRBM(params, in_channels=1).double()
+        m.reset_parameters(torch.Generator().manual_seed(0))
+        setup(m)
+        W0, c0 = m.W.clone(), m.c.clone()
+        m.cd_step(v, torch.Generator().manual_seed(1))
+        steps.append(((m.W - W0).detach(), (m.c - c0).detach()))
+    return steps
+
+
+def test_learning_rate_decay_momentum_schedule_and_visible_bias_rule():
+    """Authors' schedules: epsilon_t = epsilon / (1 + 0.01 t); momentum 0.5 for the first 5 epochs, then 0.9;
+    the visible bias is learned for binary input only."""
+    v = torch.rand(6, 1, 6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    p = CRBMParams(n_bases=3, filter_size=3, C=2, epsilon=0.1, epsilon_decay=0.01, momentum_epochs=5)
+
+    def at_epoch(t):
+        return lambda m: m.epoch.fill_(t)
+
+    (a, _), (b, _) = _twin_steps(p, at_epoch(0), at_epoch(3), v)          # both at momentum 0.5, no history
+    torch.testing.assert_close(b, a / (1 + 0.01 * 3), rtol=1e-9, atol=1e-15)
+    q = CRBMParams(n_bases=3, filter_size=3, C=2, epsilon=0.1, epsilon_decay=0.0, momentum_epochs=5)
+    inc = 1e-3 * torch.randn(3, 1, 3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def with_history(t):
+        def setup(m):
+            m.epoch.fill_(t)
+            m.W_inc.copy_(inc)
+        return setup
+
+    (a, _), (b, _) = _twin_steps(q, with_history(4), with_history(5), v)   # epoch 4: 0.5, epoch 5: 0.9
+    torch.testing.assert_close(b - a, (0.9 - 0.5) * inc, rtol=1e-9, atol=1e-15)
+    (_, cb), _ = _twin_steps(CRBMParams(n_bases=3, filter_size=3, visible="binary"), at_epoch(0), at_epoch(0), v)
+    (_, cg), _ = _twin_steps(CRBMParams(n_bases=3, filter_size=3, visible="gaussian", sigma=0.5, sigma_stop=0.5),
+                             at_epoch(0), at_epoch(0), v)
+    assert cb.abs().max() > 0 and torch.all(cg == 0)
