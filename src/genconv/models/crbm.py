@@ -248,8 +248,9 @@ class CRBM(nn.Module):
                 self.c_inc.mul_(m).add_(eps * dc)
                 self.c.add_(self.c_inc)
 
-        # monitoring: one-step mean-field reconstruction from P(h | v0), as the authors' ferr
-        recon = self.visible_mean(h0_prob)
+        # monitoring: the authors' ferr = mean((imdata - negdata)^2), negdata = the CD negative visible
+        # mean v1 (reusing it saves a full convolution per step); PCD's chain is no reconstruction of v0
+        recon = self.visible_mean(h0_prob) if p.persistent else v1
         err = ((v0 - recon) ** 2).sum() / (N * vissize * v0.shape[1])
         return CDStats(recon_error=float(err), hidden_mean=float(h0_prob.mean()),
                        pool_mean=float(p0_prob.mean()),
