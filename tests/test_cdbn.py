@@ -268,6 +268,19 @@ def test_partial_fit_updates_every_layer(digits):
         assert not torch.equal(est.filters(l), W0[l])
 
 
+def test_multichannel_rows_with_image_shape(tmp_path):
+    X = torch.rand(30, 3 * 10 * 8, generator=torch.Generator().manual_seed(0))
+    est = _small(epochs=[1, 1], image_shape=(3, 10, 8)).fit(X.numpy())
+    assert est.filters(0).shape == (4, 3, 3, 3) and est.filters(1).shape == (3, 4, 2, 2)
+    F = est.transform(X.numpy())
+    # layer 1: 8x6 -> 4x3; layer 2: 3x2 (C=1)
+    assert F.shape == (30, len(est.get_feature_names_out())) == (30, 4 * 4 * 3 + 3 * 3 * 2)
+    est.save(tmp_path / "m")
+    np.testing.assert_array_equal(CDBN.load(tmp_path / "m", device="cpu").transform(X.numpy()), F)
+    with pytest.raises(UserError, match=r"image_shape \(3, 10, 8\) does not match rows of 100 values"):
+        est.transform(np.zeros((2, 100), np.float32))
+
+
 # ----------------------------------------------------------------------------- determinism, checkpoints, resume
 
 
@@ -291,9 +304,10 @@ def test_save_load_round_trip_is_bit_exact(digits, tmp_path):
     assert [l.params for l in back.net_.layers] == [l.params for l in est.net_.layers]
 
 
-@pytest.mark.parametrize("stop_after,persistent", [(1, False), (2, False), (3, False), (3, True)])
+@pytest.mark.parametrize("stop_after,persistent", [(1, False), (2, False), (3, False), (3, True), (4, False)])
 def test_resume_reaches_the_uninterrupted_state(digits, tmp_path, stop_after, persistent):
-    """Killed after ``stop_after`` epochs (1: inside layer 1; 2: at the layer boundary; 3: inside layer 2)."""
+    """Killed after ``stop_after`` epochs (1: inside layer 1; 2: at the layer boundary; 3: inside layer 2;
+    4: finished, so resuming must change nothing)."""
     X = digits[0][:120]
     layers = [{"n_bases": 4, "filter_size": 3, "C": 2, "p": 0.1, "epsilon": 0.05, "persistent": persistent},
               {"n_bases": 3, "filter_size": 2, "C": 1, "p": 0.1, "epsilon": 0.05, "persistent": persistent}]
@@ -343,6 +357,29 @@ def test_bad_layer_settings_refused_before_anything_is_written(digits, tmp_path,
         CDBN(layers=[layer], epochs=1, device="cpu").fit(digits[0][:20], run_dir=tmp_path / "run")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "run").exists() or _snapshot(tmp_path / "run") == {}
+
+
+@pytest.mark.parametrize("setting,message", [
+    ({"batch_size": 0}, r"batch_size must be a positive integer"),
+    ({"epochs": -1}, r"epochs must be >= 0"),
+    ({"epochs": [1, 1, 1]}, r"epochs has 3 entries for 2 layers"),
+    ({"layers": []}, r"a CDBN needs at least one layer"),
+    ({"layers": ["n_bases=4"]}, r"each layer must be a dict of CRBM settings"),
+    ({"device": "tpu:7"}, r"unknown device 'tpu:7'"),
+])
+def test_bad_estimator_settings_refused_before_anything_is_written(digits, tmp_path, setting, message):
+    with pytest.raises(UserError, match=message):
+        _small(**setting).fit(digits[0][:20], run_dir=tmp_path / "run")
+    assert _snapshot(tmp_path / "run") == {}
+
+
+@pytest.mark.xfail(strict=True, reason="CDBN(random_state=None) crashes with a TypeError from int(None) in "
+                   "CDBN._init / _fit_layer; scikit-learn's convention is a fresh seed (or refuse with a UserError)")
+def test_random_state_none_gives_a_fresh_seed_or_a_clear_error(digits):
+    try:
+        _small(epochs=[1, 1], random_state=None).fit(digits[0][:40])
+    except UserError:
+        pass
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
