@@ -156,17 +156,16 @@ def _save(fig, path) -> None:
 def filter_grid(W: torch.Tensor, path, title: str | None = None) -> None:
     """Grid of filters ``(out, in, kh, kw)`` (first input channel, or RGB when in == 3).
 
-    Uses the shared ``genconv.viz.grids.filter_grid`` when it exists; this is the private fallback.
+    Uses the shared :func:`genconv.viz.grids.filter_grid`; the code below is the private fallback
+    written before that module existed (kept for checkouts without it).
     """
     try:
-        from genconv.viz.grids import filter_grid as shared  # written by the lead
+        from genconv.viz.grids import filter_grid as shared
     except ImportError:
         shared = None
     if shared is not None:
-        try:
-            return shared(W, path)
-        except TypeError:
-            pass
+        shared(W, path, title=title)
+        return
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
