@@ -36,22 +36,29 @@ def _corr(x, W):
     return out
 
 
-def _pool(I_h, C, I_p=None):
-    """Paper §3.3/§3.6 formulas for blocks C divides: P(h=1) = e^(I+Ip) / (1 + sum_B e^(I+Ip)), P(p=1)."""
+def _pool(I_h, C, I_p=None, edge="pad"):
+    """Paper §3.3/§3.6 formulas: P(h=1) = e^(I+Ip) / (1 + sum_B e^(I+Ip)), P(p=1) = 1 - 1 / (1 + sum_B ...).
+    Sizes C does not divide: "pad" = partial edge blocks (absent units, e^-inf = 0); "crop" = units past the
+    last whole block are never on."""
     N, K, H, W = I_h.shape
-    Ip = torch.zeros(N, K, H // C, W // C, dtype=I_h.dtype) if I_p is None else I_p
-    Ip_up = Ip.repeat_interleave(C, -2).repeat_interleave(C, -1)
-    e = torch.exp(I_h + Ip_up)
+    Hp, Wp = (-(-H // C), -(-W // C)) if edge == "pad" else (H // C, W // C)
+    I = torch.full((N, K, Hp * C, Wp * C), -torch.inf, dtype=I_h.dtype)
+    h_, w_ = min(H, Hp * C), min(W, Wp * C)
+    I[..., :h_, :w_] = I_h[..., :h_, :w_]
+    Ip = torch.zeros(N, K, Hp, Wp, dtype=I_h.dtype) if I_p is None else I_p
+    e = torch.exp(I + Ip.repeat_interleave(C, -2).repeat_interleave(C, -1))
     S = torch.nn.functional.avg_pool2d(e, C) * C * C                     # sum over each block
     h = e / (1 + S.repeat_interleave(C, -2).repeat_interleave(C, -1))
-    p = S / (1 + S)
-    return h, p
+    out = torch.zeros(N, K, H, W, dtype=I_h.dtype)
+    out[..., :h_, :w_] = h[..., :h_, :w_]
+    return out, S / (1 + S)
 
 
-def _net(seed=0, sigma1=1.0, visible1="binary"):
-    """Tiny 2-layer CDBN on 1 x 10 x 10 input: 3 bases 3x3, C=2 (8x8 -> 4x4); 2 bases 3x3, C=2 (2x2 -> 1x1)."""
-    l1 = CRBMParams(n_bases=3, filter_size=3, C=2, visible=visible1, sigma=sigma1, sigma_stop=min(sigma1, 1))
-    l2 = CRBMParams(n_bases=2, filter_size=3, C=2)
+def _net(seed=0, sigma1=1.0, visible1="binary", edge="pad"):
+    """Tiny 2-layer CDBN: 3 bases 3x3, C=2; 2 bases 3x3, C=2 (on 10 x 10 input: 8x8 -> 4x4; 2x2 -> 1x1)."""
+    l1 = CRBMParams(n_bases=3, filter_size=3, C=2, visible=visible1, sigma=sigma1, sigma_stop=min(sigma1, 1),
+                    edge=edge)
+    l2 = CRBMParams(n_bases=2, filter_size=3, C=2, edge=edge)
     net = CDBNNet([l1, l2], in_channels=1).double()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -98,19 +105,23 @@ def _assert_same_state(a, b):
 # ----------------------------------------------------------------------------- inference
 
 
-@pytest.mark.parametrize("sigma1,visible1", [(1.0, "binary"), (0.7, "gaussian")])
-def test_mean_field_sweep_equals_the_energy_derived_update(sigma1, visible1):
-    net = _net(sigma1=sigma1, visible1=visible1)
+@pytest.mark.parametrize("sigma1,visible1,size,edge", [
+    (1.0, "binary", 10, "pad"), (0.7, "gaussian", 10, "pad"),
+    (1.0, "binary", 11, "pad"),       # 9x9 -> 5x5 pooled with partial blocks; 3x3 -> 2x2
+    (1.0, "binary", 11, "crop"),      # 9x9 -> 4x4 pooled, last row/column dropped; 2x2 -> 1x1
+])
+def test_mean_field_sweep_equals_the_energy_derived_update(sigma1, visible1, size, edge):
+    net = _net(sigma1=sigma1, visible1=visible1, edge=edge)
     l1, l2 = net.layers
     g = torch.Generator().manual_seed(1)
-    v = torch.rand(3, 1, 10, 10, generator=g, dtype=torch.float64)
+    v = torch.rand(3, 1, size, size, generator=g, dtype=torch.float64)
     W1, b1, c1, W2, b2, c2 = (t.detach() for t in (l1.W, l1.b, l1.c, l2.W, l2.b, l2.c))
     s1 = sigma1 ** 2
 
     # bottom-up pass (eq. 3)
     I1 = (_corr(v, W1) + b1.view(1, -1, 1, 1)) / s1
-    h1, p1 = _pool(I1, 2)
-    h2, p2 = _pool(_corr(p1, W2) + b2.view(1, -1, 1, 1), 2)
+    h1, p1 = _pool(I1, 2, edge=edge)
+    h2, p2 = _pool(_corr(p1, W2) + b2.view(1, -1, 1, 1), 2, edge=edge)
     up = net.upward(v)
     for (h, p), (rh, rp) in zip(up, [(h1, p1), (h2, p2)]):
         torch.testing.assert_close(h, rh, atol=1e-12, rtol=0)
@@ -120,8 +131,8 @@ def test_mean_field_sweep_equals_the_energy_derived_update(sigma1, visible1):
     p1v = p1.clone().requires_grad_(True)
     neg_E12 = (h2 * (_corr(p1v, W2) + b2.view(1, -1, 1, 1))).sum() + (c2.view(1, -1, 1, 1) * p1v).sum()
     (I_p1,) = torch.autograd.grad(neg_E12, p1v)
-    h1n, p1n = _pool(I1, 2, I_p1)
-    h2n, p2n = _pool(_corr(p1n, W2) + b2.view(1, -1, 1, 1), 2)           # top layer: bottom-up only
+    h1n, p1n = _pool(I1, 2, I_p1, edge)
+    h2n, p2n = _pool(_corr(p1n, W2) + b2.view(1, -1, 1, 1), 2, edge=edge)           # top layer: bottom-up only
     mf = net.mean_field(v, n_iter=1)
     torch.testing.assert_close(mf[0][0], h1n, atol=1e-12, rtol=0)
     torch.testing.assert_close(mf[0][1], p1n, atol=1e-12, rtol=0)
