@@ -140,7 +140,8 @@ def train_cdbn(data_name, split, limit, layer_specs, config_file, epochs, batch_
     model = CDBN(layers=layers, epochs=epochs, batch_size=batch_size, device=device, random_state=seed,
                  verbose=not quiet)
     # validate everything before writing anything
-    model._layer_params()
+    from genconv.models.cdbn import CDBNNet
+    CDBNNet(model._layer_params(), in_channels=X.shape[1]).shapes(*X.shape[-2:])
     model._epochs()
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -220,7 +221,7 @@ def evaluate(run, data_name, counts, draws, limit_train, limit_test, out, device
     Xte, yte = load_data(name, "test", limit_test, **kw)
     check(ytr is not None and yte is not None, f"data set {name} has no labels; evaluate needs a labelled set")
     try:
-        Xva, yva = load_data(name, "valid", 0, **kw)
+        Xva, yva = load_data(name, "valid", limit_train, **kw)
         Fva = model.transform(Xva)
         yva = yva.numpy()
     except UserError:

@@ -60,7 +60,6 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
         raise UserError(f"{out} already holds a model; pass --resume to continue it or choose another --out")
     model = CDBN(layers=layers, epochs=m["epochs"], batch_size=m["batch_size"], mean_field_iters=m["mean_field_iters"],
                  device=str(device), random_state=seed, verbose=True)
-    model._layer_params()
     model._epochs()
 
     unsup = load(d["name"], d["unsup_split"])
@@ -68,6 +67,8 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
     Xtr, ytr = _subset(load(d["name"], d["train_split"]), d["train_examples"])
     Xva, yva = _subset(load(d["name"], d["valid_split"]), d["train_examples"] // 5 if d["train_examples"] else 0)
     Xte, yte = _subset(load(d["name"], d["test_split"]), d["test_examples"])
+    from genconv.models.cdbn import CDBNNet
+    CDBNNet(model._layer_params(), in_channels=X_unsup.shape[1]).shapes(*X_unsup.shape[-2:])
 
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.toml", to_toml(config))
@@ -105,6 +106,8 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
     figures.append("occlusion.png")
 
     table = table2_markdown(res)
+    arch = "; ".join(f"layer {i + 1}: {L['n_bases']} bases {L['filter_size']}x{L['filter_size']}, C={L['C']}"
+                     for i, L in enumerate(layers))
     results = {
         "recipe": config["recipe"]["name"], "quick": quick, "seed": seed, "device": str(device),
         "genconv_version": __version__, "torch": torch.__version__, "machine": platform.machine(),
@@ -122,7 +125,7 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
     write_json(out / "results.json", results)
     report = f"""# cdbn-mnist{' (quick)' if quick else ''}
 
-Two-layer convolutional DBN (Lee et al. 2009 §4.3): {layers[0]['n_bases']} bases {layers[0]['filter_size']}x{layers[0]['filter_size']}, C={layers[0]['C']}; {layers[1]['n_bases'] if len(layers) > 1 else '-'} bases {layers[1]['filter_size'] if len(layers) > 1 else '-'}, C={layers[1]['C'] if len(layers) > 1 else '-'}.
+Convolutional DBN (Lee et al. 2009 §4.3): {arch}.
 Unsupervised training on {len(X_unsup)} MNIST training images, {m['epochs']} epochs per layer; features: layer 1+2
 pooling units after {m['mean_field_iters']} mean-field sweeps ({F_tr.shape[1]} per digit); linear SVM (standardized
 features, C chosen on the {len(Xva)}-digit validation split). Test set: {len(Xte)} digits.
