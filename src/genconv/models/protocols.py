@@ -70,7 +70,7 @@ def apply_protocol(net, protocol: str, stages: int, filters: list[torch.Tensor] 
         for i in range(stages):
             fb, W = net.layers[i], filters[i]
             if tuple(W.shape[1:]) != tuple(fb.W.shape[1:]) or W.shape[0] != fb.W.shape[0]:
-                what = "channels" if W.shape[1] != fb.W.shape[1] else "shape"
+                what = "input channels" if W.shape[1] != fb.W.shape[1] else "filter shapes"
                 raise UserError(f"{source}: layers.{i}.W has shape {tuple(W.shape)} but stage {i + 1} of the "
                                 f"network needs {tuple(fb.W.shape)} (the {what} differ); use an architecture "
                                 f"with {W.shape[0]}F{W.shape[2]}x{W.shape[3]} on {W.shape[1]}-channel input, "
