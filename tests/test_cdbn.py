@@ -384,13 +384,10 @@ def test_bad_estimator_settings_refused_before_anything_is_written(digits, tmp_p
     assert _snapshot(tmp_path / "run") == {}
 
 
-@pytest.mark.xfail(strict=True, reason="CDBN(random_state=None) crashes with a TypeError from int(None) in "
-                   "CDBN._init / _fit_layer; scikit-learn's convention is a fresh seed (or refuse with a UserError)")
-def test_random_state_none_gives_a_fresh_seed_or_a_clear_error(digits):
-    try:
-        _small(epochs=[1, 1], random_state=None).fit(digits[0][:40])
-    except UserError:
-        pass
+def test_random_state_none_gives_a_fresh_seed(digits):
+    a = _small(epochs=[1, 1], random_state=None).fit(digits[0][:40])
+    b = _small(epochs=[1, 1], random_state=None).fit(digits[0][:40])
+    assert a.seed_ != b.seed_ and not torch.equal(a.net_.layers[0].W, b.net_.layers[0].W)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

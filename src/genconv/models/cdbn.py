@@ -266,8 +266,11 @@ class CDBN(TransformerMixin, BaseEstimator):
         self.image_shape_ = tuple(X.shape[1:])
         self.net_ = CDBNNet(params, in_channels=X.shape[1]).to(self.device_)
         self.net_.shapes(*X.shape[-2:])          # validates filter sizes against the image size
-        self.generator_ = torch.Generator(device=self.device_).manual_seed(int(self.random_state))
-        init_gen = torch.Generator().manual_seed(int(self.random_state))
+        # scikit-learn convention: None draws a fresh seed (recorded, so the run can be redone)
+        self.seed_ = (int(np.random.SeedSequence().entropy % (2**31)) if self.random_state is None
+                      else int(self.random_state))
+        self.generator_ = torch.Generator(device=self.device_).manual_seed(self.seed_)
+        init_gen = torch.Generator().manual_seed(self.seed_)
         for layer in self.net_.layers:
             layer.reset_parameters(init_gen)
         self.stage_ = 0
@@ -398,6 +401,7 @@ class CDBN(TransformerMixin, BaseEstimator):
         meta = {"estimator": self.get_params(deep=False), "image_shape": list(self.image_shape_),
                 "layers": [layer.params.to_dict() for layer in self.net_.layers],
                 "in_channels": self.image_shape_[0],
+                "seed": self.seed_,
                 "progress": {"stage": self.stage_, "stage_epoch": self.stage_epoch_,
                              "layer_epochs": [int(layer.epoch) for layer in self.net_.layers]},
                 "history": self.history_, "genconv_version": __version__}
@@ -424,6 +428,7 @@ class CDBN(TransformerMixin, BaseEstimator):
         est.net_ = CDBNNet(layer_params, in_channels=image_shape[0])
         est._load_tensors(tensors, directory)
         est.net_.to(est.device_)
+        est.seed_ = int(meta.get("seed", est_params.get("random_state") or 0))
         est.stage_ = int(meta["progress"]["stage"])
         est.stage_epoch_ = int(meta["progress"]["stage_epoch"])
         est.history_ = list(meta.get("history", []))
@@ -457,7 +462,7 @@ class CDBN(TransformerMixin, BaseEstimator):
         if [l.params.to_dict() for l in other.net_.layers] != [p.to_dict() for p in self._layer_params()]:
             raise UserError(f"{run_dir} was trained with other layer settings; resume with the same settings "
                             "or start a new run folder")
-        for attr in ("device_", "image_shape_", "net_", "stage_", "stage_epoch_", "history_", "generator_"):
+        for attr in ("device_", "image_shape_", "net_", "stage_", "stage_epoch_", "history_", "generator_", "seed_"):
             setattr(self, attr, getattr(other, attr))
 
 
@@ -465,7 +470,7 @@ def _fit_layer(est: CDBN, layer: CRBM, X: torch.Tensor, epochs: int, stage: int,
                stop_after):
     from genconv.training.loop import fit_epochs
     return fit_epochs(_LayerLearner(layer), X, epochs=epochs, batch_size=est.batch_size,
-                      seed=int(est.random_state), stage=stage, start_epoch=int(layer.epoch),
+                      seed=est.seed_, stage=stage, start_epoch=int(layer.epoch),
                       generator=est.generator_, device=est.device_, prepare=prepare if stage else None,
                       run_dir=Path(run_dir) if run_dir is not None else None, save=save,
                       desc=f"layer {stage + 1}", show_progress=bool(est.verbose), stop_after=stop_after)
