@@ -447,3 +447,33 @@ def test_learning_rate_decay_momentum_schedule_and_visible_bias_rule():
     (_, cg), _ = _twin_steps(CRBMParams(n_bases=3, filter_size=3, visible="gaussian", sigma=0.5, sigma_stop=0.5),
                              at_epoch(0), at_epoch(0), v)
     assert cb.abs().max() > 0 and torch.all(cg == 0)
+
+
+def test_persistent_chain_samples_the_model_distribution():
+    """PCD (Tieleman 2008): with a negligible learning rate the persistent chain is a block-Gibbs chain of the
+    model, so after burn-in the chains' E[P(h | v_chain)] and E[v_chain] equal the model's marginals
+    E[h], E[v], enumerated over all 512 x 25 joint states (5 s.e. of 20 000 independent chains)."""
+    m = _model(seed=5)
+    with torch.no_grad():
+        m.W.mul_(2.0)                                   # strong coupling: a wrong chain shows clearly
+    W, b, c = _np(m)
+    vs = np.array(list(itertools.product((0.0, 1.0), repeat=9))).reshape(512, 1, 3, 3)
+    hs = valid_hidden_configs(2, 2, 2, 2)
+    J = np.exp(-(lambda E: E - E.min())(energies(vs, hs, W, b, c)))
+    J /= J.sum()
+    Ev, Eh = np.einsum("vh,vcxy->cxy", J, vs), np.einsum("vh,hkij->kij", J, hs)
+    params = CRBMParams(n_bases=2, filter_size=2, C=2, p=0.5, sparsity_cost=0.0, epsilon=1e-300, epsilon_decay=0,
+                        l2=0.0, initial_momentum=0.0, momentum=0.0, persistent=True)
+    pcd = CRBM(params, in_channels=1).double()
+    with torch.no_grad():
+        pcd.W.copy_(m.W), pcd.b.copy_(m.b), pcd.c.copy_(m.c)
+    n = 20_000
+    v0 = torch.from_numpy(np.repeat(vs[[0]], n, 0))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        pcd.cd_step(v0, g)
+    assert torch.equal(pcd.W, m.W) and torch.equal(pcd.b, m.b)     # the model did not move
+    tol = 5 * 0.5 / np.sqrt(n)
+    chain_h = pcd.hidden_probs(pcd.chain)[0].mean(0).numpy()
+    assert np.abs(chain_h - Eh).max() < tol, (chain_h, Eh)
+    assert np.abs(pcd.chain.mean(0).numpy() - Ev).max() < tol

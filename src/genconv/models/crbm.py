@@ -215,7 +215,8 @@ class CRBM(nn.Module):
         else:
             h_sample = h0_sample
         for _ in range(p.cd_k):
-            v1 = self.visible_mean(h_sample)          # mean-field visible, as the authors' negdata
+            # CD: mean-field visible, as the authors' negdata; PCD: the chain must carry samples of v
+            v1 = self.sample_visible(h_sample, generator) if p.persistent else self.visible_mean(h_sample)
             h_sample, _, h1_prob, _ = self.sample_hidden(v1, generator=generator)
         if p.persistent:
             self.chain = v1.detach()
