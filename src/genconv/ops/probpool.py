@@ -82,13 +82,15 @@ def block_probabilities(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None = No
     return torch.softmax(torch.cat([off, blocks], dim=-1), dim=-1)   # subtracts the block max
 
 
-def _unit_major_probs(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None, edge: str):
-    """Same probabilities as :func:`block_probabilities`, with the C*C units of a block leading.
+def _unit_major_energies(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None, edge: str):
+    """Unnormalized block probabilities with the C*C units of a block leading (the §3.6 softmax).
 
     Layout (C*C, N, K, Hp, Wp): slice ``j`` holds unit (j // C, j % C) of every block, so the block
-    max, sum and running sum are C*C contiguous element-wise passes (the 5-wide softmax over the last
-    axis and its permuted copies dominated the CD step's time).
-    Returns ``(P(h=1) (C*C, N, K, Hp, Wp), P(p=0), P(p=1))``, the last two (N, K, Hp, Wp).
+    max, sums and running sums are contiguous element-wise passes (a 5-wide softmax over the last
+    axis and its permuted copies used to dominate the CD step's time). With ``m`` the block max of
+    the energies and the off state's 0, returns ``e = exp(I - m)`` (C*C, N, K, Hp, Wp), the off
+    state's ``exp(-m)``, the running sums ``S_j = e_0 + ... + e_j`` and ``Z = exp(-m) + S_last``, so
+    that P(h_j = 1) = e_j / Z, P(p = 0) = exp(-m) / Z, P(p = 1) = S_last / Z.
     """
     N, K, H, W = I_h.shape
     Hp, Wp = pooled_size(H, C, edge), pooled_size(W, C, edge)
@@ -102,16 +104,17 @@ def _unit_major_probs(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None, edge:
             src = I_h[:, :, a::C, b::C]
             ra, rb = src.shape[-2:]
             E[a * C + b, :, :, :ra, :rb] = src
-            E[a * C + b, :, :, ra:, :] = -math.inf                  # padded (absent) units: energy -inf
-            E[a * C + b, :, :, :, rb:] = -math.inf
+            if ra < Hp:
+                E[a * C + b, :, :, ra:, :] = -math.inf              # padded (absent) units: energy -inf
+            if rb < Wp:
+                E[a * C + b, :, :, :, rb:] = -math.inf
     if I_p is not None:
         E.add_(I_p)                                                 # I(h) + I(p), eq. 4
     m = E.amax(0).clamp_(min=0)                                     # block max, with the off state's 0
     e = E.sub_(m).exp_()
-    off = (-m).exp_()
-    s = e.sum(0)
-    Z = s + off                                                     # 1 + sum exp(I), scaled by exp(-m)
-    return e.div_(Z), off.div_(Z), s.div_(Z)
+    off = m.neg_().exp_()
+    S = torch.cumsum(e, 0)
+    return e, off, S, off + S[-1]                                   # Z = 1 + sum exp(I), scaled by exp(-m)
 
 
 def _unit_slots(x: torch.Tensor, C: int, shape):
@@ -128,11 +131,11 @@ def _unit_slots(x: torch.Tensor, C: int, shape):
             yield out, dst, a * C + b, (slice(None), slice(None), slice(0, dst.shape[-2]), slice(0, dst.shape[-1]))
 
 
-def _from_unit_major(x: torch.Tensor, C: int, shape) -> torch.Tensor:
-    """(C*C, N, K, Hp, Wp) -> (N, K, H, W), zeros where units were cropped."""
+def _h_probs(e: torch.Tensor, Z: torch.Tensor, C: int, shape) -> torch.Tensor:
+    """P(h = 1) = e_j / Z written straight into the (N, K, H, W) layout."""
     out = None
-    for out, dst, j, sl in _unit_slots(x, C, shape):
-        dst.copy_(x[j][sl])
+    for out, dst, j, sl in _unit_slots(e, C, shape):
+        torch.div(e[j][sl], Z[sl], out=dst)
     return out
 
 
@@ -143,8 +146,8 @@ def prob_max_pool(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None = None,
     Returns ``(P(h=1), P(p=1))`` with shapes (N, K, H, W) and (N, K, Hp, Wp). These are also the
     mean-field updates of the detection and pooling units.
     """
-    h, _, p_on = _unit_major_probs(I_h, C, I_p, edge)
-    return _from_unit_major(h, C, tuple(I_h.shape[-2:])), p_on
+    e, _, S, Z = _unit_major_energies(I_h, C, I_p, edge)
+    return _h_probs(e, Z, C, tuple(I_h.shape[-2:])), S[-1] / Z
 
 
 def sample_prob_max_pool(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None = None,
@@ -155,19 +158,19 @@ def sample_prob_max_pool(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None = N
     Returns ``(h_sample, p_sample, h_prob, p_prob)``; samples are 0/1 float tensors with at most one
     detection unit on per block, and ``p = 1`` exactly when one is on.
     """
-    h, p_off, p_on = _unit_major_probs(I_h, C, I_p, edge)
-    CC = h.shape[0]
-    # inverse-CDF draw over the states (off, then the block's units in row-major order): the running
-    # sum is non-decreasing, so exactly one state j has cum[j-1] < u <= cum[j]
-    cum = torch.empty((CC + 1,) + p_off.shape, dtype=h.dtype, device=h.device)
-    cum[0] = p_off
-    for j in range(CC):
-        torch.add(cum[j], h[j], out=cum[j + 1])
-    u = torch.rand(p_off.shape + (1,), generator=generator, device=h.device, dtype=h.dtype).view(p_off.shape)
-    u = u * cum[CC]                    # u <= total: rounding can never select a zero-probability (absent) state
-    below = torch.lt(cum, u, out=torch.empty_like(cum))   # 1 for the states before the drawn one
+    e, off, S, Z = _unit_major_energies(I_h, C, I_p, edge)
+    CC = e.shape[0]
+    # inverse-CDF draw over the states (off, then the block's units in row-major order): with
+    # v = u Z - exp(-m), unit j is drawn iff S_{j-1} < v <= S_j (S_{-1} = 0), the off state iff v <= 0.
+    # S is non-decreasing, so exactly one state is drawn; v <= S_last keeps rounding from ever
+    # selecting a zero-probability (absent) state.
+    u = torch.rand(off.shape + (1,), generator=generator, device=e.device, dtype=e.dtype).view(off.shape)
+    v = torch.minimum(u.mul_(Z).sub_(off), S[-1])
+    below = e.new_empty((CC + 1,) + off.shape)                      # 1 for the states before the drawn one
+    torch.gt(v, 0, out=below[0])
+    torch.lt(S, v, out=below[1:])
     shape = tuple(I_h.shape[-2:])
     h_sample = None
-    for h_sample, dst, j, sl in _unit_slots(h, C, shape):
-        torch.sub(below[j][sl], below[j + 1][sl], out=dst)   # unit j is on iff state j+1 was drawn
-    return h_sample, below[0], _from_unit_major(h, C, shape), p_on
+    for h_sample, dst, j, sl in _unit_slots(e, C, shape):
+        torch.sub(below[j][sl], below[j + 1][sl], out=dst)          # unit j is on iff state j+1 was drawn
+    return h_sample, below[0], _h_probs(e, Z, C, shape), S[-1] / Z
