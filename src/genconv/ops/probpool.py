@@ -113,7 +113,10 @@ def _unit_major_energies(I_h: torch.Tensor, C: int, I_p: torch.Tensor | None, ed
     m = E.amax(0).clamp_(min=0)                                     # block max, with the off state's 0
     e = E.sub_(m).exp_()
     off = m.neg_().exp_()
-    S = torch.cumsum(e, 0)
+    S = torch.empty_like(e)                                         # running sums (faster than torch.cumsum)
+    S[0] = e[0]
+    for j in range(1, e.shape[0]):
+        torch.add(S[j - 1], e[j], out=S[j])
     return e, off, S, off + S[-1]                                   # Z = 1 + sum exp(I), scaled by exp(-m)
 
 
