@@ -212,7 +212,8 @@ def connectivity(layout, n_maps: int, n_inputs: int, generator: torch.Generator 
 
 def shrink(v: torch.Tensor, beta: float) -> torch.Tensor:
     """argmin_x |x| + beta/2 (x - v)^2 = max(|v| - 1/beta, 0) sign(v)   (eq. 8)."""
-    return torch.sign(v) * torch.clamp(v.abs() - 1.0 / beta, min=0)
+    t = 1.0 / beta
+    return v - v.clamp(-t, t)                                # = sign(v) max(|v| - t, 0), two passes
 
 
 class GeneralizedShrinkage:
@@ -442,19 +443,26 @@ def _filters_of(op) -> torch.Tensor:
 
 def solve_admm(op, y, *, lambda_: float = 1.0, rho: float | None = None, iters: int = 200,
                tol: float = 0.0, z_init=None, record: bool = False, auto_rho: bool = True,
-               relax: float = 1.8):
+               relax: float = 1.8, boundary: str = "valid", callback: Callable | None = None):
     """Minimize eq. 2 (p = 1) by ADMM with FFT linear steps and a masked data term (exact boundary).
 
     Splitting: minimize lambda/2 ||P s - y||^2 + ||u||_1 subject to D z = s, z = u, with D the circular
     convolution with the (K, C, H, H) filters on the (Nr+H-1) x (Nc+H-1) grid and P the crop to the valid
     region (where D z equals the spatial valid convolution). The z-step solves (D^H D + I) z = ... per
     frequency with Woodbury (C x C systems; Sherman-Morrison for C = 1). Returns (z, history).
+
+    ``boundary="periodic"`` solves instead the circular problem on the image's own grid (maps Nr x Nc,
+    no mask) -- the problem SPORCO's ConvBPDN solves -- for like-for-like benchmarks.
+    ``callback(it, u)`` is called after every iteration with the sparse iterate.
     """
+    check(boundary in ("valid", "periodic"), f"unknown boundary {boundary!r}; use valid or periodic")
     check_problem(lambda_, 1.0)
     W = _filters_of(op)
     Kn, C, h, w = W.shape
     N = y.shape[0]
     Mr, Mc = y.shape[-2] + h - 1, y.shape[-1] + w - 1
+    if boundary == "periodic":
+        Mr, Mc = y.shape[-2], y.shape[-1]
     # circular convolution on the M grid with filter anchored so that the valid part lands at [h-1:, w-1:]
     Wf = torch.fft.rfft2(W, s=(Mr, Mc))                                   # (K, C, Mr, Mc/2+1)
     Dh = Wf.permute(2, 3, 1, 0).contiguous()                              # (f1, f2, C, K) per frequency
@@ -469,17 +477,40 @@ def solve_admm(op, y, *, lambda_: float = 1.0, rho: float | None = None, iters: 
     def DHs(sf):
         return torch.einsum("kcij,ncij->nkij", Wf.conj(), sf)
 
-    def solve_lin(bf):   # (I + D^H D)^-1 b
+    if C == 1:                                                            # Sherman-Morrison, elementwise
+        d, dn = Wf[:, 0], 1.0 / (1.0 + Wf[:, 0].abs().pow(2).sum(0))      # (K, f1, f2), (f1, f2)
+
+        def Dz(zf):
+            return (d * zf).sum(1, keepdim=True)
+
+        def DHs(sf):
+            return d.conj() * sf
+
+        def solve_lin(bf):
+            return bf - d.conj() * ((d * bf).sum(1, keepdim=True) * dn)
+    else:
+        solve_lin = None
+
+    def _solve_lin(bf):   # (I + D^H D)^-1 b
         Db = Dz(bf).permute(2, 3, 0, 1)                                   # (f1, f2, N, C)
         t = (Db @ Minv.transpose(-1, -2)).permute(2, 3, 0, 1)             # apply Minv per frequency
         return bf - DHs(t)
 
+    solve_lin = solve_lin or _solve_lin
+
     mask = torch.zeros(1, 1, Mr, Mc, device=y.device, dtype=y.dtype)
-    mask[..., h - 1:, w - 1:] = 1
     ypad = torch.zeros(N, C, Mr, Mc, device=y.device, dtype=y.dtype)
-    ypad[..., h - 1:, w - 1:] = y
-    if rho is None:
-        rho = 50.0 * lambda_ * float(y.abs().max().clamp(min=1e-12)) + 1.0
+    if boundary == "periodic":
+        mask[...] = 1
+        ypad = y.clone()
+    else:
+        mask[..., h - 1:, w - 1:] = 1
+        ypad[..., h - 1:, w - 1:] = y
+    if boundary == "periodic":
+        return _admm_periodic(W, y, lambda_=lambda_, rho=rho, iters=iters, tol=tol, z_init=z_init, record=record,
+                              relax=relax, callback=callback)
+    if rho is None:      # SPORCO's rho = 50 lmbda + 1 for 1/2||Dx-s||^2 + lmbda||x||_1, lmbda = 1/lambda_, rescaled
+        rho = 50.0 + lambda_
     z = torch.zeros(N, Kn, Mr, Mc, device=y.device, dtype=y.dtype) if z_init is None else z_init.clone()
     u = z.clone()
     s = torch.fft.irfft2(Dz(torch.fft.rfft2(z)), s=(Mr, Mc))
@@ -503,7 +534,9 @@ def solve_admm(op, y, *, lambda_: float = 1.0, rho: float | None = None, iters: 
             r_prim = math.sqrt(float((z - u).pow(2).sum() + (Dzs - s).pow(2).sum()))
             r_dual = rho * math.sqrt(float((u - u_old).pow(2).sum() + (s - s_old).pow(2).sum()))
             if record:
-                hist.append({"iter": it, "objective": _obj_admm(W, y, u, lambda_, h, w),
+                obj = _obj_admm(W, y, u, lambda_, h, w) if boundary == "valid" else \
+                    objective_periodic(W, y, u, lambda_=lambda_).sum().item()
+                hist.append({"iter": it, "objective": obj,
                              "r_prim": r_prim, "r_dual": r_dual, "rho": rho})
             if tol > 0:
                 scale = math.sqrt(float(z.pow(2).sum() + Dzs.pow(2).sum())) + 1e-12
@@ -518,7 +551,78 @@ def solve_admm(op, y, *, lambda_: float = 1.0, rho: float | None = None, iters: 
                 if f is not None:
                     rho *= f
                     a, b = a / f, b / f
+        if callback is not None:
+            callback(it, u)
     return u, hist
+
+
+def _admm_periodic(W, y, *, lambda_, rho, iters, tol, z_init, record, relax, callback):
+    """Wohlberg (2016) ADMM for the circular problem: one split x = u, x-step per frequency by Sherman-Morrison
+    (Woodbury for C > 1), over-relaxation and SPORCO's residual-balancing rho rule (Wohlberg 2015).
+    Works in SPORCO's scaling 1/2||Dx - s||^2 + lmbda ||x||_1 with lmbda = 1 / lambda_ (same minimizer)."""
+    Kn, C, h, w = W.shape
+    N, _, H, Wd = y.shape
+    lmbda = 1.0 / lambda_
+    Wf = torch.fft.rfft2(W, s=(H, Wd))                                   # (K, C, f1, f2)
+    Dh = Wf.permute(2, 3, 1, 0).contiguous()                             # (f1, f2, C, K)
+    DDh = Dh @ Dh.conj().transpose(-1, -2)                               # (f1, f2, C, C)
+    eyeC = torch.eye(C, dtype=DDh.dtype, device=DDh.device)
+    yf = torch.fft.rfft2(y)
+    DHy = torch.einsum("kcij,ncij->nkij", Wf.conj(), yf)                 # D^H s
+    rho = 50.0 * lmbda + 1.0 if rho is None else rho
+    xi = 1.0 + 18.3 ** (math.log10(lmbda) + 1.0)                          # SPORCO's residual target
+    mu, tau_max = 1.2, 1000.0
+
+    def inv_for(rho):
+        return torch.linalg.inv(rho * eyeC + DDh)                        # (rho I_C + D D^H)^-1
+
+    Minv = inv_for(rho)
+    u = torch.zeros(N, Kn, H, Wd, device=y.device, dtype=y.dtype) if z_init is None else z_init.clone()
+    a = torch.zeros_like(u)
+    hist = []
+    d, dd = Wf[:, 0], Wf[:, 0].abs().pow(2).sum(0)                      # C = 1: Sherman-Morrison, elementwise
+    for it in range(iters):
+        bf = DHy + rho * torch.fft.rfft2(u - a)
+        if C == 1:
+            xf = (bf - d.conj() * ((d * bf).sum(1, keepdim=True) / (rho + dd))) / rho
+        else:
+            Db = torch.einsum("kcij,nkij->ijnc", Wf, bf)                  # D b per frequency (f1, f2, N, C)
+            t = (Db @ Minv.transpose(-1, -2)).permute(2, 3, 0, 1)        # (rho I + D D^H)^-1 D b
+            xf = (bf - torch.einsum("kcij,ncij->nkij", Wf.conj(), t)) / rho   # Woodbury: (rho I + D^H D)^-1 b
+        x = torch.fft.irfft2(xf, s=(H, Wd))
+        xr = relax * x + (1 - relax) * u
+        u_old = u
+        u = shrink(xr + a, rho / lmbda)                                  # threshold lmbda / rho
+        a = a + xr - u
+        nx, nu = float(x.norm()), float(u.norm())
+        r = float((x - u).norm()) / max(nx, nu, 1e-30)
+        sres = float((u - u_old).norm()) / max(float(a.norm()), 1e-30)
+        if record:
+            hist.append({"iter": it, "objective": objective_periodic(W, y, u, lambda_=lambda_).sum().item(),
+                         "r_prim": r, "r_dual": sres, "rho": rho})
+        if callback is not None:
+            callback(it, u)
+        if tol > 0 and r < tol and sres < tol:
+            break
+        if it > 0:                                                       # SPORCO's AutoRho, period 1
+            if sres == 0.0 or r == 0.0:
+                m = tau_max
+            else:
+                m = min(math.sqrt(r / (sres * xi) if r > sres * xi else (sres * xi) / r), tau_max)
+            f = m if r > xi * mu * sres else (1.0 / m if sres > (mu / xi) * r else 1.0)
+            if f != 1.0:
+                rho *= f
+                a = a / f
+                Minv = inv_for(rho)
+    return u, hist
+
+
+def objective_periodic(W, y, z, *, lambda_=1.0) -> torch.Tensor:
+    """Per-image eq. 2 with circular convolution on the image grid (SPORCO's ConvBPDN problem, scaled by lambda)."""
+    H, Wd = y.shape[-2:]
+    rec = torch.fft.irfft2(torch.einsum("kcij,nkij->ncij", torch.fft.rfft2(W, s=(H, Wd)), torch.fft.rfft2(z)),
+                           s=(H, Wd))
+    return 0.5 * lambda_ * _sum((rec - y).pow(2)) + _sum(z.abs())
 
 
 def _obj_admm(W, y, z, lambda_, h, w):

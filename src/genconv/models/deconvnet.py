@@ -60,14 +60,17 @@ class DeconvLayer(nn.Module):
 
     @torch.no_grad()
     def update_filters(self, z: torch.Tensor, y: torch.Tensor, lambda_: float, steps: int = 1) -> float:
-        """Gradient descent on eq. 9 with the exact step along the gradient (the cost is quadratic in f)."""
-        for _ in range(steps):
-            grad = csc.filter_gradient(self.W, self.g, z, y, lambda_)                 # eq. 9
-            Fd = csc.ConvDictionary(grad, self.g).forward(z)
-            denom = lambda_ * Fd.pow(2).sum()
-            if float(denom) <= 0:
-                break
-            self.W.sub_(grad * (grad.pow(2).sum() / denom))
+        """Minimize eq. 3 over the filters with z fixed: ``steps`` conjugate-gradient steps on the normal
+        equations Z^T Z f = Z^T y, whose residual is the gradient of eq. 9 (the first step is steepest descent
+        with the exact step length), warm-started at the current filters; then unit-norm renormalization."""
+        g = self.g
+
+        def ZtZ(W):                                                                   # Z^T Z f (eq. 9 with y = 0)
+            return csc.filter_gradient(W[0], g, z, torch.zeros_like(y), 1.0)[None]
+
+        b = -csc.filter_gradient(torch.zeros_like(self.W), g, z, y, 1.0)[None]       # Z^T y
+        W, _ = csc.cg(ZtZ, b, self.W[None].clone(), steps)
+        self.W.copy_(W[0])
         self.normalize()
         r = self.op().forward(z) - y
         return float(0.5 * lambda_ * r.pow(2).sum() / y.shape[0])

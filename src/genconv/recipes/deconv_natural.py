@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genconv.errors import UserError
 from genconv.io import append_jsonl, atomic_path, write_json, write_text
 from genconv.recipes import to_toml
 
@@ -28,10 +29,14 @@ def training_crops(data: dict, generator: torch.Generator) -> torch.Tensor:
     from genconv.data import load_images, preprocess
 
     images = [preprocess.to_gray(im) for im in load_images(data.get("name", "natural"), data.get("split", "train"))]
-    if data.get("whiten", True):
+    pre = data.get("preprocess", "whiten")
+    if pre == "whiten":                      # Olshausen-Field 1/f whitening
         images = [preprocess.whiten_1f(im) for im in images]
+    elif pre == "highpass":                  # subtract a Gaussian blur (keeps edges, drops low frequencies)
+        images = [preprocess.normalize_per_image(preprocess.highpass(im, float(data.get("highpass_sigma", 2.0))))
+                  for im in images]
     else:
-        images = [preprocess.normalize_per_image(im) for im in images]
+        raise UserError(f"data.preprocess = {pre!r}: use whiten or highpass")
     X = preprocess.random_crops(images, int(data["crop_size"]), int(data["n_crops"]), generator)
     X = preprocess.normalize_per_image(X) * float(data.get("image_std", 1.0))
     return X
@@ -191,7 +196,7 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
         tau = [calib["best"][l][0] for l in sorted(calib["best"])]
     denoise_meta = {"tau": tau, "z0_alpha": float(dcfg.get("z0_alpha", 0.5))}
 
-    model.save(out, extra={"preprocessing": {"whiten": bool(data.get("whiten", True)),
+    model.save(out, extra={"preprocessing": {"preprocess": data.get("preprocess", "whiten"),
                                              "image_std": float(data.get("image_std", 1.0)),
                                              "crop_size": int(data["crop_size"])},
                            "denoise": denoise_meta, "recipe": config["recipe"]["name"]})
