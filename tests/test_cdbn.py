@@ -233,6 +233,56 @@ def test_two_layer_gibbs_with_clamped_v_samples_the_exact_joint_posterior():
     assert (bottom_up_only - ph1).abs().max() > 10 * float((ph1 * (1 - ph1) / n).sqrt().max())
 
 
+def test_gibbs_with_some_pixels_clamped_samples_the_exact_conditional():
+    """§4.5's occlusion sampler on a tiny 2-layer net (3x3 binary image; 2 bases 2x2, C=2; 2 bases 1x1, C=1):
+    the left column is clamped, the other 6 pixels and all hidden layers are sampled. The chain must be
+    stationary at P(v_free, h1, h2 | v_clamped) of the joint energy (see the test above), enumerated over
+    2^6 x 25 x 4 states; 10 000 chains after 20 sweeps, 5 binomial s.e."""
+    net = CDBNNet([CRBMParams(n_bases=2, filter_size=2, C=2), CRBMParams(n_bases=2, filter_size=1, C=1)]).double()
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        net.layers[0].W.copy_(1.5 * torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64))
+        net.layers[0].b.copy_(torch.tensor([-0.5, -1.0], dtype=torch.float64))
+        net.layers[0].c.copy_(torch.tensor([-0.3], dtype=torch.float64))
+        net.layers[1].W.copy_(torch.tensor([[3.0, -2.0], [-2.0, 2.5]], dtype=torch.float64).view(2, 2, 1, 1))
+        net.layers[1].b.copy_(torch.tensor([-1.0, 0.5], dtype=torch.float64))
+        net.layers[1].c.copy_(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    W1, b1, c1, W2, b2, c2 = (t.detach() for t in (net.layers[0].W, net.layers[0].b, net.layers[0].c,
+                                                   net.layers[1].W, net.layers[1].b, net.layers[1].c))
+    left = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    vs = torch.zeros(64, 3, 3, dtype=torch.float64)                      # every completion of the image
+    vs[:, :, 0] = left
+    vs[:, :, 1:] = torch.tensor([[(bits >> i) & 1 for i in range(6)] for bits in range(64)],
+                                dtype=torch.float64).view(64, 3, 2)
+    units = [None, (0, 0), (0, 1), (1, 0), (1, 1)]
+    h1s = torch.zeros(25, 2, 2, 2, dtype=torch.float64)                  # one unit (or none) per block
+    for idx, (u0, u1) in enumerate((u0, u1) for u0 in units for u1 in units):
+        for k, u in enumerate((u0, u1)):
+            if u is not None:
+                h1s[idx, k][u] = 1
+    h2s = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=torch.float64)
+    p1s = h1s.flatten(2).sum(2)                                           # (25, 2)
+    I1 = _corr(vs.unsqueeze(1), W1) + b1.view(1, -1, 1, 1)                # (64, 2, 2, 2)
+    neg_e = (torch.einsum("vkij,hkij->vh", I1, h1s)[:, :, None] + c1[0] * vs.sum((1, 2))[:, None, None]
+             + torch.einsum("gm,hm->hg", h2s, p1s @ W2[:, :, 0, 0].T + b2)[None] + (p1s @ c2)[None, :, None])
+    w = torch.exp(neg_e)                                                  # (64 v, 25 h1, 4 h2)
+    Z = w.sum()
+    Ev = torch.einsum("vhg,vxy->xy", w, vs)
+    Eh1 = torch.einsum("vhg,hkij->kij", w, h1s)
+    Eh2 = torch.einsum("vhg,gm->m", w, h2s)
+    Ev, Eh1, Eh2 = Ev / Z, Eh1 / Z, Eh2 / Z
+    n = 10_000
+    v0 = torch.zeros(n, 1, 3, 3, dtype=torch.float64)
+    v0[:, 0, :, 0] = left
+    clamp = torch.zeros(n, 1, 3, 3, dtype=torch.bool)
+    clamp[..., 0] = True
+    v, state, _ = net.gibbs(v0, n_iter=20, clamp=clamp, generator=torch.Generator().manual_seed(12))
+    assert torch.equal(v[:, 0, :, 0], left.expand(n, 3))
+    for freq, prob in ((v.mean(0)[0, :, 1:], Ev[:, 1:]), (state[0][0].mean(0), Eh1), (state[1][0].mean(0).flatten(), Eh2)):
+        se = (prob * (1 - prob) / n).sqrt()
+        assert torch.all((freq - prob).abs() <= 5 * se + 1e-12), (freq, prob)
+
+
 # ----------------------------------------------------------------------------- scikit-learn face
 
 
