@@ -43,6 +43,8 @@ def test_conditional_entropy_closed_forms():
     assert res["n_never_active"] == 1
     assert res["max_entropy_bits"] == pytest.approx(3.0)
     assert res["entropy_mean"] == pytest.approx((H[0] + H[1]) / 2)
+    silent = S.specificity(never[:, None], y, with_auc=False)
+    assert silent["n_never_active"] == 1 and silent["entropy_mean"] is None
 
 
 def test_two_class_entropy_matches_binary_entropy():

@@ -14,13 +14,17 @@ from genconv.cli import cli
 from genconv.errors import check
 
 
+def _pm(mean, std) -> str:
+    return "n/a (never active)" if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+
 def markdown_table(results: list[dict]) -> str:
     rows = ["| layer | features | never > 0.95 | H(class \\| f > 0.95) mean ± std [bits] | max H | "
             "AUC-PR best class mean ± std | chance |", "|---|---|---|---|---|---|---|"]
     for l, r in enumerate(results):
         rows.append(f"| {l + 1} | {r['n_features']} | {r['n_never_active']} | "
-                    f"{r['entropy_mean']:.3f} ± {r['entropy_std']:.3f} | {r['max_entropy_bits']:.3f} | "
-                    f"{r['auc_pr_best_mean']:.3f} ± {r['auc_pr_best_std']:.3f} | {r['auc_pr_chance_mean']:.3f} |")
+                    f"{_pm(r['entropy_mean'], r['entropy_std'])} | {r['max_entropy_bits']:.3f} | "
+                    f"{_pm(r['auc_pr_best_mean'], r['auc_pr_best_std'])} | {r['auc_pr_chance_mean']:.3f} |")
     return "\n".join(rows)
 
 

@@ -84,9 +84,10 @@ def specificity(F, y, threshold: float = THRESHOLD, with_auc: bool = True) -> di
         "max_entropy_bits": math.log2(len(classes)) if len(classes) > 1 else 0.0,
         "threshold": threshold,
         "n_never_active": int((~valid).sum()),
-        "entropy_mean": float(H[valid].mean()) if valid.any() else float("nan"),
-        "entropy_std": float(H[valid].std()) if valid.any() else float("nan"),
-        "entropy_median": float(np.median(H[valid])) if valid.any() else float("nan"),
+        # None (valid JSON) when no feature ever exceeds the threshold
+        "entropy_mean": float(H[valid].mean()) if valid.any() else None,
+        "entropy_std": float(H[valid].std()) if valid.any() else None,
+        "entropy_median": float(np.median(H[valid])) if valid.any() else None,
         "per_feature": {"entropy_bits": [None if np.isnan(h) else float(h) for h in H],
                         "n_active": n_active.tolist()},
     }
