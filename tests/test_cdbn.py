@@ -497,6 +497,19 @@ def test_bad_checkpoints_refused_and_left_untouched(digits, tmp_path, damage, me
     assert _snapshot(d) == before                                          # nothing written or half-written
 
 
+@pytest.mark.parametrize("key", ["progress", "estimator", "layers", "image_shape"])
+def test_checkpoint_description_missing_a_section_refused(digits, tmp_path, key):
+    d = tmp_path / "m"
+    _fitted_folder(digits, d)
+    meta = json.loads((d / "model.json").read_text())
+    del meta[key]
+    (d / "model.json").write_text(json.dumps(meta))
+    before = _snapshot(d)
+    with pytest.raises(UserError, match=r"model.json is missing settings"):
+        CDBN.load(d, device="cpu")
+    assert _snapshot(d) == before
+
+
 def test_resume_with_other_settings_refused(digits, tmp_path):
     _small(epochs=[1, 1]).fit(digits[0][:40], run_dir=tmp_path / "run", stop_after=1)
     before = _snapshot(tmp_path / "run")

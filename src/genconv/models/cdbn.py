@@ -421,7 +421,8 @@ class CDBN(TransformerMixin, BaseEstimator):
             est = cls(**est_params)
             layer_params = [CRBMParams.from_dict(d) for d in meta["layers"]]
             image_shape = tuple(meta["image_shape"])
-        except (KeyError, TypeError) as e:
+            stage, stage_epoch = int(meta["progress"]["stage"]), int(meta["progress"]["stage_epoch"])
+        except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{directory}: model.json is missing settings ({e}); retrain or restore it") from None
         est.device_ = resolve_device(device)
         est.image_shape_ = image_shape
@@ -429,8 +430,7 @@ class CDBN(TransformerMixin, BaseEstimator):
         est._load_tensors(tensors, directory)
         est.net_.to(est.device_)
         est.seed_ = int(meta.get("seed", est_params.get("random_state") or 0))
-        est.stage_ = int(meta["progress"]["stage"])
-        est.stage_epoch_ = int(meta["progress"]["stage_epoch"])
+        est.stage_, est.stage_epoch_ = stage, stage_epoch
         est.history_ = list(meta.get("history", []))
         est.generator_ = torch.Generator(device=est.device_)
         est.generator_.set_state(tensors["rng_state"].to("cpu"))
