@@ -141,6 +141,29 @@ def test_free_energy_equals_enumeration(binary_case):
     np.testing.assert_allclose(Pv, Pv_ref, atol=1e-12)
 
 
+def test_huge_weights_stay_finite_and_exact():
+    """Inputs of order +-1e4 (eq. 3): conditionals and free energy neither overflow nor lose precision."""
+    m = _model(seed=6)
+    with torch.no_grad():
+        m.W.mul_(3e3)
+        m.b.mul_(3e3)
+    vs = np.array(list(itertools.product((0.0, 1.0), repeat=9))).reshape(512, 1, 3, 3)
+    hs = valid_hidden_configs(2, 2, 2, 2)
+    E = energies(vs, hs, *_np(m))
+    assert np.abs(E).max() > 1e4
+    top = (-E).max(1, keepdims=True)
+    ref_F = -(top[:, 0] + np.log(np.exp(-E - top).sum(1)))           # -log sum_h exp(-E), stably
+    v = torch.from_numpy(vs)
+    F = m.free_energy(v)
+    assert torch.isfinite(F).all()
+    np.testing.assert_allclose(F.numpy(), ref_F, rtol=1e-12, atol=1e-9)
+    h, p = m.hidden_probs(v)
+    P = np.exp(-E - top)
+    P /= P.sum(1, keepdims=True)
+    np.testing.assert_allclose(h.numpy(), np.einsum("vh,hkij->vkij", P, hs), atol=1e-12)
+    assert torch.isfinite(p).all() and torch.isfinite(m.visible_mean(torch.from_numpy(hs))).all()
+
+
 def test_visible_conditionals_equal_enumeration(binary_case):
     m, vs, hs, E = binary_case
     Q = np.exp(-(E - E.min(0, keepdims=True)))
