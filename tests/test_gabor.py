@@ -114,3 +114,11 @@ def test_cdbn_natural_recipe_smoke(tmp_path):
     assert len(saved["layer1_per_basis"]) == 3
     assert res["layer1_edge_likeness"] == s
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2      # one line per layer-epoch
+    # the authors' display of layer-2 bases with all weights kept is the model's own projection (Fig. 2)
+    from genconv.models.cdbn import CDBN
+    from genconv.recipes.cdbn_natural import project_layer2
+    net = CDBN.load(out, device="cpu").net_
+    assert torch.allclose(project_layer2(net, nonneg=False), net.project_to_pixels(1))
+    with torch.no_grad():
+        net.layers[1].W.copy_(-net.layers[1].W.abs())          # only negative weights: nothing to show
+    assert torch.count_nonzero(project_layer2(net, nonneg=True)) == 0

@@ -7,7 +7,8 @@ is mean-centred (their ``optmeannorm`` for real-valued input). The authors updat
 (100 images per epoch, 500 epochs); we update on mini-batches of crops.
 
 Writes into the run folder: ``config.toml``, ``metrics.jsonl`` (per layer and epoch), ``model.safetensors`` +
-``model.json``, ``filters_layer1.png``, ``filters_layer2.png`` (layer-2 bases projected to pixels, Fig. 2),
+``model.json``, ``filters_layer1.png``, ``filters_layer2.png`` (layer-2 bases projected to pixels, Fig. 2, negative weights
+truncated as the authors' display), ``filters_layer2_signed.png`` (all weights),
 ``gabor_r2.png`` and ``gabor_orientations.png``, ``results.json`` and ``report.md``.
 """
 from __future__ import annotations
@@ -38,6 +39,19 @@ def training_crops(data: dict, generator: torch.Generator) -> torch.Tensor:
     if data.get("center", True):
         X = X - X.mean(dim=(1, 2, 3), keepdim=True)
     return X.float()
+
+
+@torch.no_grad()
+def project_layer2(net, nonneg: bool = True) -> torch.Tensor:
+    """Layer-2 bases in pixel space (Fig. 2) the way the authors display them (display_crbm_v2_bases.m):
+    negative layer-2 weights truncated to 0, every pooling unit spread over its C x C detection block, then
+    the weighted sum of layer-1 bases (full convolution). ``nonneg=False`` is ``net.project_to_pixels(1)``."""
+    from genconv.ops.conv import conv_full
+
+    W = net.layers[1].W.clamp(min=0) if nonneg else net.layers[1].W
+    C = net.layers[0].params.C
+    W = torch.repeat_interleave(torch.repeat_interleave(W, C, dim=-2), C, dim=-1) / (C * C)
+    return conv_full(W, net.layers[0].W)
 
 
 def _orientation_figure(fits, threshold, path) -> None:
@@ -125,9 +139,13 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
     W1 = model.filters(0)
     filter_grid(W1, out / "filters_layer1.png", title=f"layer 1: {W1.shape[0]} bases {W1.shape[-1]}x{W1.shape[-1]}")
     if len(layers) > 1:
-        W2 = model.net_.project_to_pixels(1)
+        W2 = project_layer2(model.net_, nonneg=True)
         filter_grid(W2, out / "filters_layer2.png",
-                    title=f"layer 2: {W2.shape[0]} bases projected to pixels ({W2.shape[-1]}x{W2.shape[-1]})")
+                    title=f"layer 2: {W2.shape[0]} bases projected to pixels ({W2.shape[-1]}x{W2.shape[-1]}), "
+                          "negative weights truncated as in the authors' display")
+        W2s = model.net_.project_to_pixels(1)
+        filter_grid(W2s, out / "filters_layer2_signed.png",
+                    title=f"layer 2: {W2s.shape[0]} bases projected to pixels (all weights)")
 
     tg = time.time()
     edges = edge_likeness(W1, r2_threshold=float(config.get("gabor", {}).get("r2_threshold", 0.7)))
