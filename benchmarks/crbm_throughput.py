@@ -24,6 +24,10 @@ shapes, default routes); ``step_gflops`` divides them by the whole CD step's tim
 
     python benchmarks/crbm_throughput.py [--rounds 5] [--batches 20] [--threads 2] [--device cpu]
 
+On a machine shared with other jobs, OpenMP's default spin-waiting makes every multi-threaded torch op
+wait for a descheduled thread (CD steps are many small ops): run with ``OMP_WAIT_POLICY=PASSIVE``
+(set before Python starts; it applies to both libraries) and compare with the 1-thread supplement.
+
 Installs nothing: needs ``learnergy`` in the environment
 (``pip install -c constraints.txt learnergy``; it must not change torch).
 Prints a markdown table and writes ``benchmarks/results/crbm_throughput.json``.
@@ -204,7 +208,8 @@ def main(argv=None) -> dict:
     g_med = n_img / statistics.median(g_ts)
     res = {
         "setup": {"batch": N, "visible": [SIDE, SIDE], "filters": [K, CIN, NW, NW], "C": POOL, "dtype": "float32",
-                  "threads": args.threads, "device": str(device), "data": source, "images_per_round": n_img,
+                  "threads": args.threads, "device": str(device),
+                  "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(default)"), "data": source, "images_per_round": n_img,
                   "rounds": args.rounds, "flush_denormal": True, "torch": torch.__version__,
                   "cpu": platform.processor() or platform.machine(),
                   "loadavg_before": load_before, "loadavg_after": load_after,
@@ -245,7 +250,7 @@ def table(r: dict) -> str:
     s = r["setup"]
     lines = [f"CD-1, batch {s['batch']}, {s['filters'][0]} filters {s['filters'][2]}x{s['filters'][3]} on "
              f"{s['visible'][0]}x{s['visible'][1]}, C={s['C']}, float32, {s['threads']} threads, {s['device']}, "
-             f"load {s['loadavg_before'][0]:.1f} -> {s['loadavg_after'][0]:.1f}", "",
+             f"OMP_WAIT_POLICY {s['OMP_WAIT_POLICY']}, load {s['loadavg_before'][0]:.1f} -> {s['loadavg_after'][0]:.1f}", "",
              "| | images/s (median) | best | notes |", "|---|---:|---:|---|",
              f"| genconv CRBM.cd_step | {r['genconv_img_per_s']:.0f} | {r['genconv_img_per_s_best']:.0f} | "
              "probabilistic max-pooling, exact P(h|v), sparsity, momentum |"]

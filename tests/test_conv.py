@@ -99,10 +99,14 @@ def test_flip_is_correlation_convolution_bridge():
     np.testing.assert_allclose(corr_valid(v, Wt)[0, 0].numpy(), ref, rtol=1e-12, atol=1e-12)
 
 
-def test_auto_routes_pick_the_measured_fastest_backend_per_device():
+def test_auto_route_picks_the_measured_fastest_backend_and_falls_back_for_large_buffers(monkeypatch):
     h, Wt = _rand(2, 3, 5, 5, seed=16), _rand(3, 2, 3, 3, seed=17)
-    assert conv._auto_full_route(h, Wt) == "transpose_nomkldnn"
+    assert conv._auto_full_route(h, Wt) == "unfold"
     assert conv._auto_full_route(h.to("meta"), Wt.to("meta")) == "transpose"   # any non-CPU device
+    monkeypatch.setattr(conv, "UNFOLD_MAX_ELEMENTS", 2 * 2 * 9 * 25 - 1)          # one element too small
+    assert conv._auto_full_route(h, Wt) == "transpose_nomkldnn"
+    np.testing.assert_allclose(conv_full(h, Wt).numpy(), _scipy_conv_full(h.numpy(), Wt.numpy()), rtol=1e-10,
+                               atol=1e-10)
 
 
 # ---------------------------------------------------------------- bad input

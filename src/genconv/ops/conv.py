@@ -30,6 +30,8 @@ WEIGHT_ROUTES = ("conv2d", "backward", "unfold")
 #: module defaults; "auto" picks by device and size (see :func:`_auto_full_route`, :func:`_auto_weight_route`)
 FULL_ROUTE = "auto"
 WEIGHT_ROUTE = "auto"
+#: largest buffer (elements) the "auto" full convolution may unfold into before it takes "transpose_nomkldnn"
+UNFOLD_MAX_ELEMENTS = 1 << 26
 
 
 def flip(W: torch.Tensor) -> torch.Tensor:
@@ -54,9 +56,11 @@ def conv_full(h: torch.Tensor, W: torch.Tensor, route: str | None = None) -> tor
     - ``fft``: products of FFTs (pays off for large filters);
     - ``unfold``: one batched matmul ``W^T h`` giving every filter tap's contribution, summed into
       place by ``fold`` (col2im);
-    - ``auto`` (default, :data:`FULL_ROUTE`): ``transpose`` on CUDA (cuDNN), ``transpose_nomkldnn`` on
-      CPU -- the fastest measured for the MNIST layer (benchmarks/crbm_throughput.py: about 7 ms per
-      batch of 100 on one core against 9 ms for ``unfold`` and ``fft``, 29 ms ``transpose``; ``padded`` is slower still).
+    - ``auto`` (default, :data:`FULL_ROUTE`): ``transpose`` on CUDA (cuDNN); on CPU ``unfold``, the
+      fastest measured for the MNIST layer (benchmarks/crbm_throughput.py, batch 100, 40 filters 12x12:
+      about 7 ms of CPU time against 8 ms ``transpose_nomkldnn`` (which does not use the second
+      thread), 10 ms ``fft``, 29 ms ``transpose``; ``padded`` is slower still), unless its buffer
+      would exceed :data:`UNFOLD_MAX_ELEMENTS`, then ``transpose_nomkldnn``.
     """
     _check_full(h, W)
     route = route or FULL_ROUTE
@@ -88,7 +92,10 @@ def conv_full(h: torch.Tensor, W: torch.Tensor, route: str | None = None) -> tor
 
 
 def _auto_full_route(h: torch.Tensor, W: torch.Tensor) -> str:
-    return "transpose" if h.device.type != "cpu" else "transpose_nomkldnn"
+    if h.device.type != "cpu":
+        return "transpose"
+    cols = h.shape[0] * W.shape[1] * W.shape[2] * W.shape[3] * h.shape[2] * h.shape[3]
+    return "unfold" if cols <= UNFOLD_MAX_ELEMENTS else "transpose_nomkldnn"
 
 
 @contextlib.contextmanager
