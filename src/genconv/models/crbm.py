@@ -222,7 +222,7 @@ class CRBM(nn.Module):
             self.chain = v1.detach()
 
         # gradients of the log-likelihood, normalized by the hidden map size and the batch
-        stats = corr_valid_weight(torch.cat([v0, v1]), torch.cat([h0_prob, -h1_prob]))
+        stats = corr_valid_weight(v0, h0_prob) - corr_valid_weight(v1, h1_prob)   # <v h>_data - <v h>_model
         dW = stats / (hidsize * N * s2) - p.l2 * self.W
         pos_act = h0_prob.mean(dim=(0, 2, 3))                       # mean activation per group
         db = (pos_act - h1_prob.mean(dim=(0, 2, 3))) / s2
