@@ -148,11 +148,15 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
                     title=f"layer 2: {W2s.shape[0]} bases projected to pixels (all weights)")
 
     tg = time.time()
-    edges = edge_likeness(W1, r2_threshold=float(config.get("gabor", {}).get("r2_threshold", 0.7)))
-    baseline = edge_likeness(W0.W.detach(), r2_threshold=edges["summary"]["r2_threshold"])
+    gcfg = config.get("gabor", {})
+    edges = edge_likeness(W1, r2_threshold=float(gcfg.get("r2_threshold", 0.7)))
+    baseline = (edge_likeness(W0.W.detach(), r2_threshold=edges["summary"]["r2_threshold"])
+                if gcfg.get("baseline", True) else {"summary": {}, "per_basis": []})
     gabor_seconds = time.time() - tg
-    histogram({"learned": np.array([b["r2"] for b in edges["per_basis"]]),
-               "random init": np.array([b["r2"] for b in baseline["per_basis"]])},
+    r2 = {"learned": np.array([b["r2"] for b in edges["per_basis"]])}
+    if baseline["per_basis"]:
+        r2["random init"] = np.array([b["r2"] for b in baseline["per_basis"]])
+    histogram(r2,
               out / "gabor_r2.png", xlabel="R² of the best Gabor fit", title="layer-1 bases: Gabor fit quality",
               bins=20)
     _orientation_figure(edges["per_basis"], edges["summary"]["r2_threshold"], out / "gabor_orientations.png")
