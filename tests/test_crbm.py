@@ -22,6 +22,16 @@ from genconv.errors import UserError
 from genconv.models.crbm import CRBM, CRBMParams
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tests use tiny tensors, where thread start-up dominates; on a loaded 2-core machine two spinning
+    intra-op threads made them 10-100x slower (measured). The previous setting is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ----------------------------------------------------------------------------- independent reference
 
 
@@ -493,7 +503,7 @@ def test_persistent_chain_samples_the_model_distribution():
     n = 20_000
     v0 = torch.from_numpy(np.repeat(vs[[0]], n, 0))
     g = torch.Generator().manual_seed(0)
-    for _ in range(50):
+    for _ in range(30):
         pcd.cd_step(v0, g)
     assert torch.equal(pcd.W, m.W) and torch.equal(pcd.b, m.b)     # the model did not move
     tol = 5 * 0.5 / np.sqrt(n)
