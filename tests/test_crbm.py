@@ -55,6 +55,12 @@ def valid_hidden_configs(K, Hh, Wh, C, edge="pad"):
     hs = np.stack(configs)
     assert len(hs) == np.prod([len(u) + 1 for u in blocks]) ** K     # prod over blocks of (units + 1)
     assert len({h.tobytes() for h in hs}) == len(hs)                   # all distinct
+    if K * Hh * Wh <= 12:       # small enough: also filter all 2^(K Hh Wh) binary maps by the constraint
+        allowed = {h.tobytes() for h in (np.array(bits, dtype=float).reshape(K, Hh, Wh)
+                                         for bits in itertools.product((0, 1), repeat=K * Hh * Wh))
+                   if all(h[k][tuple(zip(*u))].sum() <= 1 for k in range(K) for u in blocks)
+                   and (edge == "pad" or h.sum() == sum(h[k][tuple(zip(*u))].sum() for k in range(K) for u in blocks))}
+        assert allowed == {h.tobytes() for h in hs}
     return hs
 
 
