@@ -18,8 +18,7 @@ Also measured in the same run: each operation of the CD step on every route of
 correlation or full convolution of this size being 2*N*K*C*h*w*kh*kw (h x w = 17 x 17 hidden map).
 One CD-1 ``cd_step`` does five such units of work: ``corr_valid`` of v0 and of v1, ``conv_full`` of
 the hidden sample (negative phase; its result v1 is also the reported reconstruction, as the
-authors' ``ferr``), and ``corr_valid_weight`` over the 2N stacked positive and negative images (two
-units). ``conv_gflops`` divides them by the time of those five operations alone (medians at the same
+authors' ``ferr``), and ``corr_valid_weight`` of (v0, P(h|v0)) and of (v1, P(h|v1)) (two units). ``conv_gflops`` divides them by the time of those five operations alone (medians at the same
 shapes, default routes); ``step_gflops`` divides them by the whole CD step's time.
 
     python benchmarks/crbm_throughput.py [--rounds 5] [--batches 20] [--threads 2] [--device cpu]
@@ -113,17 +112,16 @@ def learnergy_model(device):
 def op_timings(device, repeats: int) -> dict:
     g = torch.Generator().manual_seed(1)
     v = torch.rand(N, CIN, SIDE, SIDE, generator=g).to(device)
-    v2 = torch.rand(2 * N, CIN, SIDE, SIDE, generator=g).to(device)
     W = (0.01 * torch.randn(K, CIN, NW, NW, generator=g)).to(device)
     hid = SIDE - NW + 1
     I = torch.randn(N, K, hid, hid, generator=g).to(device) - 3
     h = (torch.rand(N, K, hid, hid, generator=g) < 0.02).float().to(device)
-    h2 = torch.rand(2 * N, K, hid, hid, generator=g).to(device) * 0.05
-    cands = {"corr_valid (N)": lambda: conv.corr_valid(v, W)}
+    h1 = torch.rand(N, K, hid, hid, generator=g).to(device) * 0.05
+    cands = {"corr_valid": lambda: conv.corr_valid(v, W)}
     for r in ("auto",) + conv.FULL_ROUTES:
         cands[f"conv_full {r}"] = lambda r=r: conv.conv_full(h, W, route=r)
     for r in ("auto",) + conv.WEIGHT_ROUTES:
-        cands[f"corr_valid_weight {r} (2N)"] = lambda r=r: conv.corr_valid_weight(v2, h2, route=r)
+        cands[f"corr_valid_weight {r}"] = lambda r=r: conv.corr_valid_weight(v, h1, route=r)
     cands["sample_prob_max_pool"] = lambda: sample_prob_max_pool(I, POOL)
     cands["prob_max_pool (mean-field)"] = lambda: prob_max_pool(I, POOL)
     res = interleaved(cands, device, repeats)
@@ -204,7 +202,7 @@ def main(argv=None) -> dict:
     unit = 2 * N * K * CIN * hid * hid * NW * NW                 # one correlation / full convolution
     step_flops = 5 * unit
     auto = lambda name: ops[name]["median_ms"] / 1e3               # noqa: E731
-    conv_time = 2 * auto("corr_valid (N)") + auto("conv_full auto") + auto("corr_valid_weight auto (2N)")
+    conv_time = 2 * auto("corr_valid") + auto("conv_full auto") + 2 * auto("corr_valid_weight auto")
     g_med = n_img / statistics.median(g_ts)
     res = {
         "setup": {"batch": N, "visible": [SIDE, SIDE], "filters": [K, CIN, NW, NW], "C": POOL, "dtype": "float32",
@@ -221,7 +219,7 @@ def main(argv=None) -> dict:
         "genconv_round_cpu_s": g_cpu,
         "matmul_peak_gflops": peak,
         "conv_flops_per_step": step_flops,
-        "conv_flops_counted": "2 corr_valid (N) + 1 conv_full (N) + corr_valid_weight (2N) = 5 x 2*N*K*C*17*17*12*12",
+        "conv_flops_counted": "2 corr_valid + 1 conv_full + 2 corr_valid_weight, batch N = 100 each: 5 x 2*N*K*C*17*17*12*12",
         "conv_time_per_step_ms": 1e3 * conv_time,
         "conv_gflops": step_flops / conv_time / 1e9,
         "conv_fraction_of_peak": step_flops / conv_time / 1e9 / peak,
