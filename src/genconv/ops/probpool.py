@@ -18,6 +18,10 @@ Hidden maps whose size C does not divide follow an explicit ``edge`` rule chosen
 - ``"crop"``: detection units past the last whole block are dropped (never on, probability 0).
   Pooling maps have floor(n / C) units.
 - ``"error"``: refuse with a UserError.
+
+For speed the blocks are handled unit-major (one strided slice per block position) with in-place
+and ``out=`` operations, so :func:`prob_max_pool` and :func:`sample_prob_max_pool` are not
+differentiable (autograd refuses them); :func:`block_probabilities` is.
 """
 from __future__ import annotations
 
