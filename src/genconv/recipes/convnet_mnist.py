@@ -194,11 +194,11 @@ def run_protocols(config: dict, out: Path, *, device, seed: int, quick: bool) ->
                 results["runs"].append(rec)
                 write_json(out / "results.json", results)        # partial results survive a kill
     write_json(out / "results.json", results)
-    write_text(out / "report.md", _protocols_report(results, label_counts, stage_counts, protocols))
+    write_text(out / "report.md", _protocols_report(results, label_counts, stage_counts, protocols, config))
     return results
 
 
-def _protocols_report(r: dict, label_counts, stage_counts, protocols) -> str:
+def _protocols_report(r: dict, label_counts, stage_counts, protocols, config: dict) -> str:
     cols = [(s, n) for s in stage_counts for n in sorted({x["labels"] for x in r["runs"] if x["stages"] == s},
                                                         reverse=False)]
     lines = [f"# {r['recipe']}{' (quick)' if r['quick'] else ''}: Jarrett et al.'s training protocols", "",
@@ -206,7 +206,11 @@ def _protocols_report(r: dict, label_counts, stage_counts, protocols) -> str:
              "; ".join(f"{k} stage(s): `{v}`" for k, v in r["archs"].items()), "",
              f"U filters from: `{r['filters_from']}`" if r["filters_from"] else
              "U filters: **none given** (`--set protocols.filters_from=RUN`), so U / U+ are not measured.", "",
-             "Test error (%) on the MNIST test split; the epoch is chosen on the validation split.", "",
+             f"Test error (%) on the {r['n_test']} test images; each run keeps its epoch with the lowest error "
+             f"on {r['n_valid']} validation images. Training: {config['train']['common']}, "
+             f"{config['train']['small']['epochs']} epochs on label subsets, {config['train']['all']['epochs']} "
+             f"epochs on all labels; U filters rescaled to the random filters' norm: "
+             f"{config['protocols'].get('rescale', True)}.", "",
              "| protocol | " + " | ".join(f"{s} stage(s), {n} labels" for s, n in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for p in protocols:
@@ -219,7 +223,7 @@ def _protocols_report(r: dict, label_counts, stage_counts, protocols) -> str:
                 cells.append("n/a")
             else:
                 cells.append(f"{rec['test_error']:.2f}")
-        lines.append(f"| {p * 1} | " + " | ".join(cells) + " |")
+        lines.append(f"| {' / '.join(p * s for s in stage_counts)} | " + " | ".join(cells) + " |")
     notes = sorted({x["note"] for x in r["runs"] if x.get("note")})
     lines += [""] + [f"n/a: {n}" for n in notes]
     lines += ["", "Jarrett et al. (2009) found that the non-linearities (R_abs and N) matter more than the "
