@@ -209,17 +209,17 @@ class CRBM(nn.Module):
         h0_sample, _, h0_prob, p0_prob = self.sample_hidden(v0, generator=generator)
         # negative phase: CD-k from h0 (or PCD from the persistent chain)
         if p.persistent:
-            if self.chain.shape != v0.shape:
-                self.chain = v0.clone()
-            h_sample = self.sample_hidden(self.chain, generator=generator)[0]
+            if self.chain.shape[1:] != v0.shape[1:] or len(self.chain) < N:
+                self.chain = v0.clone()                 # (re)start the chains from data
+            h_sample = self.sample_hidden(self.chain[:N], generator=generator)[0]
         else:
             h_sample = h0_sample
         for _ in range(p.cd_k):
             # CD: mean-field visible, as the authors' negdata; PCD: the chain must carry samples of v
             v1 = self.sample_visible(h_sample, generator) if p.persistent else self.visible_mean(h_sample)
             h_sample, _, h1_prob, _ = self.sample_hidden(v1, generator=generator)
-        if p.persistent:
-            self.chain = v1.detach()
+        if p.persistent:                               # a smaller (last) batch advances its first N chains only
+            self.chain = torch.cat([v1.detach(), self.chain[N:]])
 
         # gradients of the log-likelihood, normalized by the hidden map size and the batch
         stats = corr_valid_weight(v0, h0_prob) - corr_valid_weight(v1, h1_prob)   # <v h>_data - <v h>_model
