@@ -481,7 +481,7 @@ def test_protocols_runner_with_a_fake_unsupervised_run(tmp_path):
         assert 0 <= runs[key]["test_error"] <= 100
     assert runs[("U", 300)]["trainable"] < runs[("U+", 300)]["trainable"]
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert len(on_disk["runs"]) == 16 and "| U+ |" in (tmp_path / "out" / "report.md").read_text()
+    assert len(on_disk["runs"]) == 16 and "| U+ / U+U+ |" in (tmp_path / "out" / "report.md").read_text()
     # a run folder whose filters do not match the images is refused before anything is written
     _fake_unsup_run(tmp_path / "rgb", (3, 3, 3, 3))
     cfg["protocols"]["filters_from"] = str(tmp_path / "rgb")
