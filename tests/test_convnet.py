@@ -537,3 +537,21 @@ def test_convnet_mnist_recipe_smoke_then_visualize_layer_2(tmp_path):
     assert (tmp_path / "v.png").stat().st_size > 1000
     r = _cli("visualize", str(out), "--layer", "3", "--out", str(tmp_path / "w.png"))
     assert r.returncode == 2 and "layer 3 does not exist" in r.stderr and not (tmp_path / "w.png").exists()
+
+
+def test_elastic_smoothing_is_the_2d_gaussian_of_simard():
+    # the separable smoothing equals one 2-D convolution with the normalized Gaussian window
+    g = torch.Generator().manual_seed(3)
+    x = torch.zeros(2, 1, 16, 16)
+    i, j = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    x[:, 0] = i / 15                                               # moving x along rows shows dy
+    state = g.get_state()
+    y = elastic(x, 10.0, 2.0, generator=g)
+    g.set_state(state)
+    d = torch.rand(2, 2, 16, 16, generator=g) * 2 - 1
+    w = gaussian_window(13, 2.0)
+    dy = 10.0 * torch.nn.functional.conv2d(d[:, 1:2], w[None, None], padding=6)[:, 0]
+    # away from the borders the image is the ramp sampled at p + displacement: (i + dy) / 15
+    inner = (slice(None), slice(3, 13), slice(3, 13))
+    ok = ((i + dy) >= 0) & ((i + dy) <= 15)
+    assert torch.allclose(y[:, 0][inner][ok[inner]], ((i + dy) / 15)[inner][ok[inner]], atol=1e-4)

@@ -86,9 +86,12 @@ def elastic(x: torch.Tensor, alpha: float, sigma: float,
     N, _, H, W = x.shape
     d = torch.rand(N, 2, H, W, generator=generator) * 2 - 1
     size = 2 * int(math.ceil(3 * sigma)) + 1
-    g = gaussian_window(size, sigma).to(d.dtype)
-    # smooth each component with zero padding (Simard: convolution with a Gaussian)
-    d = F.conv2d(d.reshape(N * 2, 1, H, W), g[None, None], padding=size // 2).reshape(N, 2, H, W)
+    g = gaussian_window(size, sigma, dtype=torch.float64).sum(0).to(d.dtype)   # 1-D factor, sums to 1
+    # smooth each component with zero padding (Simard: convolution with a Gaussian); the 2-D
+    # Gaussian is the outer product g g^T, so two 1-D passes do it
+    d = d.reshape(N * 2, 1, H, W)
+    d = F.conv2d(d, g.view(1, 1, size, 1), padding=(size // 2, 0))
+    d = F.conv2d(d, g.view(1, 1, 1, size), padding=(0, size // 2)).reshape(N, 2, H, W)
     d = (alpha * d).to(x.device)
     ys, xs = torch.meshgrid(torch.arange(H, device=x.device, dtype=torch.float32),
                             torch.arange(W, device=x.device, dtype=torch.float32), indexing="ij")
