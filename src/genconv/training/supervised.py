@@ -64,8 +64,12 @@ class SupervisedConfig:
         for name in ("epochs", "batch_size", "eval_batch", "step_epochs"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0 or not (0 <= self.momentum < 1) or self.patience < 0:
-            raise UserError("need lr > 0, weight_decay >= 0, 0 <= momentum < 1 and patience >= 0")
+        if not self.lr > 0:
+            raise UserError(f"learning rate must be > 0, got {self.lr}; e.g. --lr 0.01")
+        if self.weight_decay < 0 or self.patience < 0:
+            raise UserError(f"weight_decay and patience must be >= 0, got {self.weight_decay} and {self.patience}")
+        if not (0 <= self.momentum < 1):
+            raise UserError(f"momentum must lie in [0, 1), got {self.momentum}")
         Augment(**self.augment)   # validates the augmentation settings
 
     def lr_at(self, epoch: int) -> float:
