@@ -375,12 +375,16 @@ def test_save_load_round_trip_is_bit_exact(digits, tmp_path):
     assert [l.params for l in back.net_.layers] == [l.params for l in est.net_.layers]
 
 
-@pytest.mark.parametrize("stop_after,persistent", [(1, False), (2, False), (3, False), (3, True), (4, False)])
-def test_resume_reaches_the_uninterrupted_state(digits, tmp_path, stop_after, persistent):
+@pytest.mark.parametrize("stop_after,persistent,visible", [(1, False, "binary"), (2, False, "binary"),
+                                                           (3, False, "binary"), (3, True, "binary"),
+                                                           (4, False, "binary"), (1, False, "gaussian")])
+def test_resume_reaches_the_uninterrupted_state(digits, tmp_path, stop_after, persistent, visible):
     """Killed after ``stop_after`` epochs (1: inside layer 1; 2: at the layer boundary; 3: inside layer 2;
-    4: finished, so resuming must change nothing)."""
-    X = digits[0][:120]
-    layers = [{"n_bases": 4, "filter_size": 3, "C": 2, "p": 0.1, "epsilon": 0.05, "persistent": persistent},
+    4: finished, so resuming must change nothing). PCD chains (110 images: a smaller last batch each epoch)
+    and the Gaussian sigma schedule are part of the state."""
+    X = digits[0][:120] if not persistent else digits[0][:110]
+    gauss = {"visible": "gaussian", "sigma": 0.5, "sigma_stop": 0.3, "sigma_decay": 0.9} if visible == "gaussian" else {}
+    layers = [{"n_bases": 4, "filter_size": 3, "C": 2, "p": 0.1, "epsilon": 0.05, "persistent": persistent, **gauss},
               {"n_bases": 3, "filter_size": 2, "C": 1, "p": 0.1, "epsilon": 0.05, "persistent": persistent}]
     whole = _small(layers=layers).fit(X, run_dir=tmp_path / "whole")
     _small(layers=layers).fit(X, run_dir=tmp_path / "cut", stop_after=stop_after)
