@@ -1,7 +1,7 @@
 """Convolutional sparse coding speed (Zeiler et al. 2010 §4.5) against SPORCO's ConvBPDN, same run, same image.
 
 Problem: 256x256 crop of ``camera`` (high-passed), SPORCO's 32 8x8 dictionary ``G:8x8x32``, lambda_sporco = 0.05
-(ours: lambda = 1 / 0.05 = 20 on the data term, objective = 20 x SPORCO's). Both at 2 threads.
+(ours: lambda = 1 / 0.05 = 20 on the data term, objective = 20 x SPORCO's). Both at 2 threads by default (`--threads N` for torch; SPORCO uses numpy FFTs).
 
 1. SPORCO ``ConvBPDN`` runs 200 ADMM iterations (AutoRho, no early stop); its final objective is the target.
 2. genconv ADMM with ``boundary="periodic"`` solves the *same* circular problem: seconds until it reaches the target
@@ -21,6 +21,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MKL_NUM_THREADS", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+# On a loaded machine 2 torch threads can be far slower than 1 (threads wait for each other): pass --threads 1.
 
 import json  # noqa: E402
 import time  # noqa: E402
@@ -87,7 +88,11 @@ def time_to_target(solve, target):
 
 
 def main():
-    torch.set_num_threads(2)
+    import argparse
+    ap = argparse.ArgumentParser(description="CSC speed: genconv solvers vs SPORCO ConvBPDN")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (SPORCO's numpy FFT is single-threaded)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     sh, D = problem()
     N = sh.shape[0]
     y = torch.from_numpy(sh).float()[None, None]
@@ -101,7 +106,8 @@ def main():
     target = float(csc.objective_periodic(W, y, Ysp, lambda_=lam).sum())
     sp_own = float(b.getitstat().ObjFun[-1]) * lam
     results = {"image": "camera 256x256 centre crop, high-passed (Gaussian sigma 4)", "dictionary": "sporco G:8x8x32",
-               "lambda_sporco": LAMBDA_SPORCO, "lambda_genconv": lam, "threads": 2,
+               "lambda_sporco": LAMBDA_SPORCO, "lambda_genconv": lam, "torch_threads": args.threads,
+               "load_average_at_start": os.getloadavg()[0],
                "sporco_iterations": SPORCO_ITERS, "sporco_seconds": t_sp,
                "target_objective": target, "sporco_objfun_times_lambda": sp_own,
                "sporco_seconds_per_filter_per_megapixel": t_sp / (K * mp), "genconv_seconds": {}, "genconv": {}}

@@ -471,12 +471,8 @@ def solve_admm(op, y, *, lambda_: float = 1.0, rho: float | None = None, iters: 
     eyeC = torch.eye(C, dtype=DDh.dtype, device=DDh.device)
     Minv = torch.linalg.inv(eyeC + DDh)                                   # (f1, f2, C, C)
 
-    def Dz(zf):   # (N, K, f1, f2) -> (N, C, f1, f2)
-        return torch.einsum("kcij,nkij->ncij", Wf, zf)
-
-    def DHs(sf):
-        return torch.einsum("kcij,ncij->nkij", Wf.conj(), sf)
-
+    fd = _FreqDict(W, Wf)
+    Dz, DHs = fd.D, fd.DH
     if C == 1:                                                            # Sherman-Morrison, elementwise
         d, dn = Wf[:, 0], 1.0 / (1.0 + Wf[:, 0].abs().pow(2).sum(0))      # (K, f1, f2), (f1, f2)
 
@@ -491,9 +487,11 @@ def solve_admm(op, y, *, lambda_: float = 1.0, rho: float | None = None, iters: 
     else:
         solve_lin = None
 
-    def _solve_lin(bf):   # (I + D^H D)^-1 b
-        Db = Dz(bf).permute(2, 3, 0, 1)                                   # (f1, f2, N, C)
-        t = (Db @ Minv.transpose(-1, -2)).permute(2, 3, 0, 1)             # apply Minv per frequency
+    MinvP = Minv.permute(2, 3, 0, 1).contiguous()                         # (C, C, f1, f2)
+
+    def _solve_lin(bf):   # (I + D^H D)^-1 b = b - D^H (I + D D^H)^-1 D b
+        Db = Dz(bf)                                                       # (N, C, f1, f2)
+        t = (MinvP[None] * Db[:, None]).sum(2)
         return bf - DHs(t)
 
     solve_lin = solve_lin or _solve_lin
@@ -556,6 +554,25 @@ def solve_admm(op, y, *, lambda_: float = 1.0, rho: float | None = None, iters: 
     return u, hist
 
 
+class _FreqDict:
+    """D and D^H per frequency, looping over input channels and touching only connected (k, c) pairs."""
+
+    def __init__(self, W, Wf):
+        self.K, self.C = W.shape[:2]
+        self.conn = [torch.nonzero(W[:, c].flatten(1).abs().sum(1) > 0).flatten().to(W.device)
+                     for c in range(self.C)]
+        self.Wfc = [Wf[self.conn[c], c] for c in range(self.C)]           # (K_c, f1, f2)
+
+    def D(self, zf):        # (N, K, f1, f2) -> (N, C, f1, f2)
+        return torch.stack([(self.Wfc[c] * zf[:, self.conn[c]]).sum(1) for c in range(self.C)], 1)
+
+    def DH(self, sf):       # (N, C, f1, f2) -> (N, K, f1, f2)
+        out = sf.new_zeros(sf.shape[0], self.K, *sf.shape[2:])
+        for c in range(self.C):
+            out[:, self.conn[c]] += self.Wfc[c].conj() * sf[:, c:c + 1]
+        return out
+
+
 def _admm_periodic(W, y, *, lambda_, rho, iters, tol, z_init, record, relax, callback):
     """Wohlberg (2016) ADMM for the circular problem: one split x = u, x-step per frequency by Sherman-Morrison
     (Woodbury for C > 1), over-relaxation and SPORCO's residual-balancing rho rule (Wohlberg 2015).
@@ -568,7 +585,8 @@ def _admm_periodic(W, y, *, lambda_, rho, iters, tol, z_init, record, relax, cal
     DDh = Dh @ Dh.conj().transpose(-1, -2)                               # (f1, f2, C, C)
     eyeC = torch.eye(C, dtype=DDh.dtype, device=DDh.device)
     yf = torch.fft.rfft2(y)
-    DHy = torch.einsum("kcij,ncij->nkij", Wf.conj(), yf)                 # D^H s
+    fd = _FreqDict(W, Wf)
+    DHy = fd.DH(yf)                                                      # D^H s
     rho = 50.0 * lmbda + 1.0 if rho is None else rho
     xi = 1.0 + 18.3 ** (math.log10(lmbda) + 1.0)                          # SPORCO's residual target
     mu, tau_max = 1.2, 1000.0
@@ -586,9 +604,9 @@ def _admm_periodic(W, y, *, lambda_, rho, iters, tol, z_init, record, relax, cal
         if C == 1:
             xf = (bf - d.conj() * ((d * bf).sum(1, keepdim=True) / (rho + dd))) / rho
         else:
-            Db = torch.einsum("kcij,nkij->ijnc", Wf, bf)                  # D b per frequency (f1, f2, N, C)
-            t = (Db @ Minv.transpose(-1, -2)).permute(2, 3, 0, 1)        # (rho I + D D^H)^-1 D b
-            xf = (bf - torch.einsum("kcij,ncij->nkij", Wf.conj(), t)) / rho   # Woodbury: (rho I + D^H D)^-1 b
+            Db = fd.D(bf)                                                 # D b per frequency (N, C, f1, f2)
+            t = (Minv.permute(2, 3, 0, 1)[None] * Db[:, None]).sum(2)      # (rho I + D D^H)^-1 D b
+            xf = (bf - fd.DH(t)) / rho                                   # Woodbury: (rho I + D^H D)^-1 b
         x = torch.fft.irfft2(xf, s=(H, Wd))
         xr = relax * x + (1 - relax) * u
         u_old = u
