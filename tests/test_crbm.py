@@ -530,9 +530,6 @@ def test_persistent_chain_survives_a_smaller_last_batch():
     assert np.abs(chain_h - Eh).max() < tol, (chain_h, Eh)
 
 
-@pytest.mark.xfail(strict=True, reason="with edge='crop' the sparsity running average q also averages the dropped "
-                   "detection units (always 0), so q is biased low by the in-block fraction (256/289 for MNIST's "
-                   "17x17 maps at C=2) and training settles at p / fraction instead of p")
 def test_sparsity_average_counts_only_units_that_exist_under_crop():
     params = CRBMParams(n_bases=3, filter_size=3, C=2, edge="crop", p=0.1)
     m = CRBM(params).double()

@@ -230,7 +230,12 @@ class CRBM(nn.Module):
 
         # sparsity regularization (Lee et al. 2008): running average q of the mean activation,
         # hidden biases pushed by lambda * (p - q)
-        q = pos_act.detach()
+        # (with edge="crop", only units inside whole blocks exist: the dropped ones are always 0)
+        if p.edge == "crop":
+            hp, wp = (n // p.C * p.C for n in h0_prob.shape[-2:])
+            q = h0_prob[..., :hp, :wp].mean(dim=(0, 2, 3)).detach()
+        else:
+            q = pos_act.detach()
         if torch.isnan(self.running_q).any():
             self.running_q = q.clone()
         else:
