@@ -122,3 +122,18 @@ def test_cdbn_natural_recipe_smoke(tmp_path):
     with torch.no_grad():
         net.layers[1].W.copy_(-net.layers[1].W.abs())          # only negative weights: nothing to show
     assert torch.count_nonzero(project_layer2(net, nonneg=True)) == 0
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("layer1.p", 1.5, "sparsity target p"),
+    ("data.crop_size", 5000, "exceeds every image"),
+    ("data.name", "nosuchset", "nosuchset"),
+])
+def test_cdbn_natural_recipe_bad_settings_write_nothing(tmp_path, key, value, message):
+    from genconv import recipes
+
+    config = recipes.load_recipe("cdbn-natural", quick=True, overrides={key: value})
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=message):
+        recipes.runner(config)(config, out, device=torch.device("cpu"), seed=0, quick=True)
+    assert not out.exists()
