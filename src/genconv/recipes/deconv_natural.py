@@ -204,7 +204,7 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
 
     results = {
         "recipe": config["recipe"]["name"], "quick": quick, "seed": seed, "device": str(device),
-        "n_crops": int(X.shape[0]), "crop_size": int(X.shape[-1]), "n_maps": list(model.n_maps),
+        "n_crops": int(X.shape[0]), "crop_size": int(X.shape[-1]), "preprocess": data.get("preprocess", "whiten"), "n_maps": list(model.n_maps),
         "solver": model.solver, "train_seconds": train_seconds, "layer_seconds": layer_times,
         "layers": [{"layer": l + 1, "final_objective_per_image": [h for h in model.history_ if h["layer"] == l + 1][-1]
                     ["objective"], "nonzero_fraction": [h for h in model.history_ if h["layer"] == l + 1][-1]["nonzero"],
@@ -223,8 +223,8 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
 
 def _report(r: dict) -> str:
     lines = [f"# deconv-natural{' (quick)' if r['quick'] else ''}", "",
-             f"Deconvolutional Network (Zeiler et al. 2010) on {r['n_crops']} whitened {r['crop_size']}x{r['crop_size']} "
-             f"crops of the `natural` training photographs; maps {r['n_maps']}, solver `{r['solver']}`; "
+             f"Deconvolutional Network (Zeiler et al. 2010) on {r['n_crops']} {r['crop_size']}x{r['crop_size']} crops "
+             f"({r['preprocess']}) of the `natural` training photographs; maps {r['n_maps']}, solver `{r['solver']}`; "
              f"training took {r['train_seconds']:.0f} s on {r['device']}.", "",
              "| layer | maps | connections | objective / image (last epoch) | nonzero fraction of x |",
              "|---|---|---|---|---|"]
