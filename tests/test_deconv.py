@@ -189,6 +189,7 @@ def test_fit_transform_save_load_roundtrip(tmp_path):
         torch.testing.assert_close(n, layer.g, atol=1e-5, rtol=0)
     maps = m.transform(X[:2])
     assert maps.shape == (2, 4, 28, 28)
+    torch.testing.assert_close(m.transform(X[:2], pooled=True), torch.nn.functional.avg_pool2d(maps.abs(), 4))
     m.save(tmp_path / "run")
     m2 = DeconvNet.load(tmp_path / "run")
     torch.testing.assert_close(m2.layers[1].W, m.layers[1].W)
