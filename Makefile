@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf runs/demo-cdbn-mnist
 	$(BIN)/genconv run cdbn-mnist --quick --out runs/demo-cdbn-mnist
 
 test: $(STAMP)
