@@ -105,6 +105,14 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
                                                    f"{ev['occlusion_sweeps']} Gibbs sweeps"],
                title="§4.5 hierarchical inference with occlusion")
     figures.append("occlusion.png")
+    with torch.no_grad():                       # reconstructions E[v | h^1] from both inference procedures
+        xs = Xte[:n_occ].to(model.device_)
+        up = model.net_.layers[0].visible_mean(model.net_.upward(xs, n_layers=1)[0][0])
+        mf = model.net_.layers[0].visible_mean(model.net_.mean_field(xs, m["mean_field_iters"])[0][0])
+    image_grid([xs, up, mf], out / "reconstructions.png",
+               row_titles=["test digits", "layer-1 reconstruction", f"after {m['mean_field_iters']} mean-field sweeps"],
+               title="reconstructions E[v | h1]")
+    figures.append("reconstructions.png")
 
     table = table2_markdown(res)
     arch = "; ".join(f"layer {i + 1}: {L['n_bases']} bases {L['filter_size']}x{L['filter_size']}, C={L['C']}"
