@@ -555,3 +555,24 @@ def test_elastic_smoothing_is_the_2d_gaussian_of_simard():
     inner = (slice(None), slice(3, 13), slice(3, 13))
     ok = ((i + dy) >= 0) & ((i + dy) <= 15)
     assert torch.allclose(y[:, 0][inner][ok[inner]], ((i + dy) / 15)[inner][ok[inner]], atol=1e-4)
+
+
+def test_affine_rotation_translation_scaling_geometry():
+    x = _blob(50)                                   # centred, radially symmetric Gaussian blob
+    i, j = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+
+    def centroid(z):
+        m = z.sum((1, 2, 3))
+        return (z[:, 0] * i).sum((1, 2)) / m, (z[:, 0] * j).sum((1, 2)) / m
+
+    g = torch.Generator().manual_seed(5)
+    r = affine(x, rotate=45.0, generator=g)         # rotating a round blob about the centre: no change
+    assert (r - x).abs().max() < 0.02
+    t = affine(x, translate=3.0, generator=g)       # the centroid moves by at most 3 px per axis
+    ci, cj = centroid(t)
+    assert ((ci - 13.5).abs().max() <= 3.01) and ((cj - 13.5).abs().max() <= 3.01)
+    assert ((ci - 13.5).abs() + (cj - 13.5).abs()).mean() > 0.5   # and it does move
+    s = affine(x, scale=0.3, generator=g)           # scaling by s multiplies the blob's area by s^2
+    area_ratio = s.sum((1, 2, 3)) / x.sum((1, 2, 3))
+    assert area_ratio.min() > 0.7 ** 2 - 0.02 and area_ratio.max() < 1.3 ** 2 + 0.02
+    assert area_ratio.std() > 0.05
