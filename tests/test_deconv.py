@@ -364,3 +364,14 @@ def test_admm_multichannel_sparse_connectivity_matches_paper_solver():
     on = xp != 0
     assert (grad_smooth[on] + torch.sign(xp[on])).abs().max() < 3e-2
     assert grad_smooth[~on].abs().max() < 1 + 3e-2
+
+
+def test_generic_show_and_sample_dispatch_to_deconvnet(tiny_run, tmp_path, capsys):
+    pytest.importorskip("genconv.commands.cdbn")
+    code, _, err = _cli(["show", str(tiny_run), "--out", str(tmp_path / "f")], capsys)
+    assert code == 0, err
+    assert (tmp_path / "f" / "filters_layer1.png").exists()
+    code, _, err = _cli(["sample", str(tiny_run), "--out", str(tmp_path / "s.png"), "--n", "2", "--device", "cpu"],
+                        capsys)
+    assert code == 0, err
+    assert (tmp_path / "s.png").exists()

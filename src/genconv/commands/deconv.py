@@ -4,6 +4,8 @@
 - ``genconv denoise IMAGE --model RUN [--clean REF] --out OUT.png``: §4.4 denoising; prints SNR in/out.
 - ``genconv deconv-show --model RUN --out DIR``: filters of every layer projected to pixels.
 - ``genconv deconv-sample --model RUN --out FILE.png``: samples drawn with the training firing frequencies.
+- ``genconv show RUN`` / ``genconv sample RUN --out FILE.png``: the generic verbs (commands/cdbn.py) dispatch here
+  for checkpoints of kind ``"deconvnet"`` through their SHOW / SAMPLE registries.
 
 :func:`show` and :func:`sample` are plain functions so a generic ``show`` / ``sample`` verb can dispatch to
 them on the checkpoint kind ``"deconvnet"``.
@@ -218,3 +220,23 @@ def sample_cmd(run, out, n, size, layer, seed, device):
     """Samples drawn with each feature's training firing frequency, projected to pixels (§4.1, Fig. 3)."""
     from genconv.device import resolve_device
     click.echo(f"wrote {sample(run, out, n, size, layer, seed, resolve_device(device))}")
+
+
+# ------------------------------------------------------------------------------------------ generic verbs
+def _show_handler(run, out=None):
+    for p in show(run, out or run):
+        click.echo(f"wrote {p}")
+
+
+def _sample_handler(run, out, n=4, steps=None, seed=0, device="auto"):
+    from genconv.device import resolve_device
+    check(str(out).lower().endswith(".png"), f"--out {out}: write a .png file")
+    click.echo(f"wrote {sample(run, out, n=n, seed=seed, device=resolve_device(device))}")
+
+
+try:   # `genconv show RUN` / `genconv sample RUN` dispatch on the checkpoint kind (registries in commands/cdbn.py)
+    from genconv.commands.cdbn import SAMPLE, SHOW
+    SHOW["deconvnet"] = _show_handler
+    SAMPLE["deconvnet"] = _sample_handler
+except ImportError:     # the cdbn family is not installed: the deconv-show / deconv-sample verbs remain
+    pass
