@@ -8,7 +8,8 @@ Problem: 256x256 crop of ``camera`` (high-passed), SPORCO's 32 8x8 dictionary ``
    (objective evaluation time excluded, as SPORCO's own bookkeeping is included in its time -- this favours us
    slightly; SPORCO's per-iteration statistics are part of its loop and cannot be switched off).
 3. genconv ADMM with the valid boundary (maps (N+H-1)^2, masked data term: the paper's objective) -- seconds until
-   its own objective reaches the same target value (a different, boundary-free problem: informative only).
+   its own objective reaches the same target value (a different, boundary-free problem: informative only; its
+   optimum can lie above the circular one), and seconds until it is within 1e-4 of its own best value.
 4. the paper's continuation solver (beta0=1, beta_inc=6, beta_max=1e5, 10 CG iterations per beta) on the valid
    problem: seconds and the objective it actually reaches (it stops short of the l1 optimum), with sparsity of x.
 
@@ -67,13 +68,14 @@ class _Reached(Exception):
 
 def time_to_target(solve, target):
     """Run ``solve(callback)``; return (seconds to first objective <= target, final objective, iterations)."""
-    state = {"excluded": 0.0, "hit": None, "obj": None, "it": 0}
+    state = {"excluded": 0.0, "hit": None, "obj": None, "it": 0, "trace": []}
     t0 = time.perf_counter()
 
     def cb(it, obj_fn):
         te = time.perf_counter()
         obj = obj_fn()
         state["obj"], state["it"] = obj, it + 1
+        state["trace"].append((te - t0 - state["excluded"], obj))
         if state["hit"] is None and obj <= target:
             state["hit"] = te - t0 - state["excluded"]
             raise _Reached
@@ -84,6 +86,7 @@ def time_to_target(solve, target):
     except _Reached:
         pass
     total = time.perf_counter() - t0 - state["excluded"]
+    time_to_target.trace = state["trace"]
     return state["hit"], state["obj"], state["it"], total
 
 
@@ -125,9 +128,13 @@ def main():
             csc.solve_admm(op, y, lambda_=lam, iters=2 * SPORCO_ITERS, boundary=boundary,
                            callback=lambda it, u: cb(it, lambda: f(u)))
         hit, obj, its, total = time_to_target(solve, target)
+        trace = time_to_target.trace
+        best = min(o for _, o in trace)
+        own = next(t for t, o in trace if o <= best * (1 + 1e-4))      # within 1e-4 of its own best value
         results["genconv_seconds"][name] = hit
         results["genconv"][name] = {"seconds_to_target": hit, "final_objective": obj, "iterations": its,
                                     "seconds_total": total, "ratio_to_sporco": None if hit is None else hit / t_sp,
+                                    "seconds_to_own_best_within_1e-4": own, "own_best_objective": best,
                                     "seconds_per_filter_per_megapixel": None if hit is None else hit / (K * mp)}
 
     t = time.perf_counter()
@@ -161,6 +168,8 @@ def main():
         ratio = "-" if g["ratio_to_sporco"] is None else f"{g['ratio_to_sporco']:.2f}"
         spf = "-" if g["seconds_per_filter_per_megapixel"] is None else f"{g['seconds_per_filter_per_megapixel']:.2f}"
         print(f"| genconv {name} (to target) | {sec} | {g['final_objective']:.2f} | {ratio} | {spf} |")
+        print(f"| genconv {name} (to within 1e-4 of its own best) | {g['seconds_to_own_best_within_1e-4']:.2f} | "
+              f"{g['own_best_objective']:.2f} | {g['seconds_to_own_best_within_1e-4'] / t_sp:.2f} | - |")
     g = results["genconv"]["paper-continuation"]
     print(f"| genconv paper continuation (full schedule) | {t_paper:.2f} | {obj_x:.2f} (at x) | "
           f"{t_paper / t_sp:.2f} | {t_paper / (K * mp):.2f} |")
