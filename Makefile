@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/genconv run cdbn-mnist --quick --out runs/demo-cdbn-mnist
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -x -q tests
+	$(BIN)/python -m pytest -x tests
 
 clean:
 	rm -rf $(VENV) runs
