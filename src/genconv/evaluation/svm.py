@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from joblib import Parallel, delayed
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
@@ -27,7 +28,7 @@ DEFAULT_CS = (0.003, 0.01, 0.03, 0.1)
 
 def linear_svm(C: float, seed: int = 0):
     """The classifier every protocol uses: standardize, then a primal linear SVM."""
-    return make_pipeline(StandardScaler(), LinearSVC(C=C, dual=False, max_iter=2000, random_state=seed))
+    return make_pipeline(StandardScaler(), LinearSVC(C=C, dual=False, tol=1e-3, max_iter=1000, random_state=seed))
 
 
 @dataclass
@@ -54,10 +55,14 @@ def error_percent(clf, X, y) -> float:
     return 100.0 * float(np.mean(clf.predict(X) != y))
 
 
+def _fit_error(C, seed, X, y, X_eval, y_eval) -> float:
+    return error_percent(linear_svm(C, seed).fit(X, y), X_eval, y_eval)
+
+
 def label_count_protocol(F_train: np.ndarray, y_train: np.ndarray, F_test: np.ndarray, y_test: np.ndarray,
                          F_valid: np.ndarray | None = None, y_valid: np.ndarray | None = None,
                          counts=DEFAULT_COUNTS, draws: int = 10, Cs=DEFAULT_CS, seed: int = 0,
-                         progress=None, Cs_all=None) -> dict[str, CountResult]:
+                         progress=None, Cs_all=None, n_jobs: int = 1) -> dict[str, CountResult]:
     """Run Table 2's protocol on precomputed features. Returns {count: CountResult}.
 
     With a validation split, C is chosen per count from ``Cs`` (``Cs_all`` for "all", where every fit
@@ -83,8 +88,9 @@ def label_count_protocol(F_train: np.ndarray, y_train: np.ndarray, F_test: np.nd
         idx0 = np.arange(len(y_train)) if key == "all" else _draw(y_train, n, rng)
         grid = list(Cs_all) if (key == "all" and Cs_all) else list(Cs)
         if F_valid is not None and len(grid) > 1:
-            scores = {C: error_percent(linear_svm(C, seed).fit(F_train[idx0], y_train[idx0]), F_valid, y_valid)
-                      for C in grid}
+            errs = Parallel(n_jobs=n_jobs)(
+                delayed(_fit_error)(C, seed, F_train[idx0], y_train[idx0], F_valid, y_valid) for C in grid)
+            scores = dict(zip(grid, errs))
             C_best = min(scores, key=lambda c: (scores[c], c))
         else:
             C_best = grid[len(grid) // 2]
@@ -95,9 +101,9 @@ def label_count_protocol(F_train: np.ndarray, y_train: np.ndarray, F_test: np.nd
                 Xa, ya = np.concatenate([F_train, F_valid]), np.concatenate([y_train, y_valid])
             errors.append(error_percent(linear_svm(C_best, seed).fit(Xa, ya), F_test, y_test))
         else:
-            for d in range(draws):
-                idx = idx0 if d == 0 else _draw(y_train, n, rng)
-                errors.append(error_percent(linear_svm(C_best, seed).fit(F_train[idx], y_train[idx]), F_test, y_test))
+            idxs = [idx0] + [_draw(y_train, n, rng) for _ in range(draws - 1)]
+            errors = Parallel(n_jobs=n_jobs)(
+                delayed(_fit_error)(C_best, seed, F_train[idx], y_train[idx], F_test, y_test) for idx in idxs)
         results[key] = CountResult(n_labels=n, errors=errors, C=C_best, seconds=time.perf_counter() - t0)
         if progress is not None:
             progress(key, results[key])

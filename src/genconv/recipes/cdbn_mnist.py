@@ -92,7 +92,7 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
     t0 = time.perf_counter()
     res = label_count_protocol(F_tr, ytr.numpy(), F_te, yte.numpy(), F_va, yva.numpy(), counts=ev["counts"],
                                draws=ev["draws"], Cs=ev["svm_C"], seed=seed, progress=progress,
-                               Cs_all=ev.get("svm_C_all"))
+                               Cs_all=ev.get("svm_C_all"), n_jobs=int(ev.get("n_jobs", 1)))
     t_svm = time.perf_counter() - t0
 
     # §4.5: occlusion -- left half of test digits removed; upward pass vs block Gibbs
