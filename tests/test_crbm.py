@@ -22,14 +22,7 @@ from genconv.errors import UserError
 from genconv.models.crbm import CRBM, CRBMParams
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests use tiny tensors, where thread start-up dominates; on a loaded 2-core machine two spinning
-    intra-op threads made them 10-100x slower (measured). The previous setting is restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tests/conftest.py runs every test module on one torch thread
 
 
 # ----------------------------------------------------------------------------- independent reference
