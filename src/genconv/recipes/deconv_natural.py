@@ -8,11 +8,9 @@ denoising settings), ``filters_layer<l>.png`` (every layer's filters projected t
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from genconv.errors import UserError
@@ -57,29 +55,9 @@ def noise_for_snr(clean: torch.Tensor, snr_in_db: float) -> float:
 
 # ------------------------------------------------------------------------------------------ figures
 def filter_grid_png(path, W: torch.Tensor, title: str = "") -> None:
-    """A grid of filters (K, 1, h, w) (or the first channel), each scaled to its own range, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    W = W.detach().cpu().float()
-    if W.shape[1] != 1:
-        W = W[:, :1]
-    K = W.shape[0]
-    cols = min(K, 15)
-    rows = math.ceil(K / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8 + (0.4 if title else 0)), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for k in range(K):
-        f = W[k, 0]
-        lim = float(f.abs().max()) or 1.0
-        axes.flat[k].imshow(f.numpy(), cmap="gray", vmin=-lim, vmax=lim, interpolation="nearest")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    """A grid of filters (K, 1, h, w) (or the first channel) as a PNG: the shared filter grid."""
+    from genconv.viz.grids import filter_grid
+    filter_grid(W[:, :1], path, title=title or None, ncol=min(W.shape[0], 15))
 
 
 def image_grid_png(path, images, titles=None) -> None:

@@ -154,35 +154,6 @@ def _save(fig, path) -> None:
 
 
 def filter_grid(W: torch.Tensor, path, title: str | None = None) -> None:
-    """Grid of filters ``(out, in, kh, kw)`` (first input channel, or RGB when in == 3).
-
-    Uses the shared :func:`genconv.viz.grids.filter_grid`; the code below is the private fallback
-    written before that module existed (kept for checkouts without it).
-    """
-    try:
-        from genconv.viz.grids import filter_grid as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        shared(W, path, title=title)
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    W = W.detach().cpu().float()
-    n = W.shape[0]
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_xticks([]), ax.set_yticks([])
-        ax.axis("off")
-        if i < n:
-            f = W[i, :3].permute(1, 2, 0).numpy() if W.shape[1] == 3 else W[i, 0].numpy()
-            f = (f - f.min()) / max(float(f.max() - f.min()), 1e-12)
-            ax.imshow(f, cmap=None if f.ndim == 3 else "gray", interpolation="nearest")
-    if title:
-        fig.suptitle(title, fontsize=8)
-    _save(fig, path)
-    plt.close(fig)
+    """Grid of filters ``(out, in, kh, kw)``: the shared :func:`genconv.viz.grids.filter_grid`."""
+    from genconv.viz.grids import filter_grid as shared
+    shared(W, path, title=title)
