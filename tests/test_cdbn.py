@@ -2,9 +2,8 @@
 resume, the scikit-learn face and bad input.
 
 The mean-field reference below is built from the joint energy of a 2-layer CDBN, written in this file as
-§3.6 states it: "unary terms for each of the groups in the detection layers, and interaction terms between
-V and H and between P and H'" -- so layer 2's visible bias c2, used only while that CRBM is trained alone,
-has no term on the pooling units p1 (eq. 4 has none either); explicit loops; the top-down input to a pooling unit is the derivative
+the sum of the two layers' CRBM energies (§3.5: "summing together the energy functions for all of the
+individual pairs of layers"), with explicit loops; the top-down input to a pooling unit is the derivative
 of -E with respect to that unit (eq. 4), taken with autograd. No genconv function is used to build it.
 """
 from __future__ import annotations
@@ -119,7 +118,7 @@ def test_mean_field_sweep_equals_the_energy_derived_update(sigma1, visible1, siz
     l1, l2 = net.layers
     g = torch.Generator().manual_seed(1)
     v = torch.rand(3, 1, size, size, generator=g, dtype=torch.float64)
-    W1, b1, W2, b2 = (t.detach() for t in (l1.W, l1.b, l2.W, l2.b))
+    W1, b1, c1, W2, b2, c2 = (t.detach() for t in (l1.W, l1.b, l1.c, l2.W, l2.b, l2.c))
     s1 = sigma1 ** 2
 
     # bottom-up pass (eq. 3)
@@ -133,7 +132,7 @@ def test_mean_field_sweep_equals_the_energy_derived_update(sigma1, visible1, siz
 
     # top-down input to layer-1 pooling units: d(-E_12)/d p1 with E_12 the layer-2 CRBM energy at h2 = E[h2]
     p1v = p1.clone().requires_grad_(True)
-    neg_E12 = (h2 * (_corr(p1v, W2) + b2.view(1, -1, 1, 1))).sum()   # no unary term on p1 (§3.6)
+    neg_E12 = (h2 * (_corr(p1v, W2) + b2.view(1, -1, 1, 1))).sum() + (c2.view(1, -1, 1, 1) * p1v).sum()
     (I_p1,) = torch.autograd.grad(neg_E12, p1v)
     h1n, p1n = _pool(I1, 2, I_p1, edge)
     h2n, p2n = _pool(_corr(p1n, W2) + b2.view(1, -1, 1, 1), 2, edge=edge)           # top layer: bottom-up only
@@ -190,8 +189,7 @@ def test_single_layer_gibbs_with_clamped_v_samples_the_exact_posterior():
 
 def test_two_layer_gibbs_with_clamped_v_samples_the_exact_joint_posterior():
     """v clamped; the chain over (h1, p1, h2) must be stationary at P(h1, h2 | v) of the joint energy
-    -E = sum_k h1^k.(W~1^k * v + b1_k) + c1 sum v + sum_m h2^m (sum_k W2^{m,k} p1^k + b2_m)
-    (§3.6: no unary term on p1; c2 is set non-zero below so that a sampler using it would fail),
+    -E = sum_k h1^k.(W~1^k * v + b1_k) + c1 sum v + sum_m h2^m (sum_k W2^{m,k} p1^k + b2_m) + sum_k c2_k p1^k,
     enumerated here over all 5^2 (layer 1: 2 bases 2x2 on 3x3, one C=2 block each) x 2^2 (layer 2: 2 bases
     1x1, C=1) states. Frequencies of 20 000 parallel chains after 8 sweeps, within 5 binomial s.e."""
     l1 = CRBMParams(n_bases=2, filter_size=2, C=2)
@@ -205,7 +203,8 @@ def test_two_layer_gibbs_with_clamped_v_samples_the_exact_joint_posterior():
         net.layers[1].b.copy_(torch.tensor([-1.0, 0.5], dtype=torch.float64))
         net.layers[1].c.copy_(torch.tensor([1.5, -1.5], dtype=torch.float64))
     v = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0]], dtype=torch.float64).view(1, 1, 3, 3)
-    W1, b1, W2, b2 = (t.detach() for t in (net.layers[0].W, net.layers[0].b, net.layers[1].W, net.layers[1].b))
+    W1, b1, W2, b2, c2 = (t.detach() for t in (net.layers[0].W, net.layers[0].b, net.layers[1].W,
+                                               net.layers[1].b, net.layers[1].c))
     I1 = _corr(v, W1)[0] + b1.view(-1, 1, 1)                     # (2, 2, 2)
     units = [None, (0, 0), (0, 1), (1, 0), (1, 1)]
     ph1 = torch.zeros(2, 2, 2, dtype=torch.float64)
@@ -220,7 +219,7 @@ def test_two_layer_gibbs_with_clamped_v_samples_the_exact_joint_posterior():
             p1 = h1.flatten(1).sum(1)
             for h2 in ((0, 0), (0, 1), (1, 0), (1, 1)):
                 h2 = torch.tensor(h2, dtype=torch.float64)
-                neg_e = (h1 * I1).sum() + (h2 * (W2[:, :, 0, 0] @ p1 + b2)).sum()
+                neg_e = (h1 * I1).sum() + (h2 * (W2[:, :, 0, 0] @ p1 + b2)).sum() + (c2 * p1).sum()
                 w = float(torch.exp(neg_e))
                 Z += w
                 ph1 += w * h1
@@ -251,7 +250,7 @@ def test_gibbs_with_some_pixels_clamped_samples_the_exact_conditional():
         net.layers[1].W.copy_(torch.tensor([[3.0, -2.0], [-2.0, 2.5]], dtype=torch.float64).view(2, 2, 1, 1))
         net.layers[1].b.copy_(torch.tensor([-1.0, 0.5], dtype=torch.float64))
         net.layers[1].c.copy_(torch.tensor([1.0, -1.0], dtype=torch.float64))
-    W1, b1, c1, W2, b2, _ = (t.detach() for t in (net.layers[0].W, net.layers[0].b, net.layers[0].c,
+    W1, b1, c1, W2, b2, c2 = (t.detach() for t in (net.layers[0].W, net.layers[0].b, net.layers[0].c,
                                                    net.layers[1].W, net.layers[1].b, net.layers[1].c))
     left = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
     vs = torch.zeros(64, 3, 3, dtype=torch.float64)                      # every completion of the image
@@ -268,7 +267,7 @@ def test_gibbs_with_some_pixels_clamped_samples_the_exact_conditional():
     p1s = h1s.flatten(2).sum(2)                                           # (25, 2)
     I1 = _corr(vs.unsqueeze(1), W1) + b1.view(1, -1, 1, 1)                # (64, 2, 2, 2)
     neg_e = (torch.einsum("vkij,hkij->vh", I1, h1s)[:, :, None] + c1[0] * vs.sum((1, 2))[:, None, None]
-             + torch.einsum("gm,hm->hg", h2s, p1s @ W2[:, :, 0, 0].T + b2)[None])
+             + torch.einsum("gm,hm->hg", h2s, p1s @ W2[:, :, 0, 0].T + b2)[None] + (p1s @ c2)[None, :, None])
     w = torch.exp(neg_e)                                                  # (64 v, 25 h1, 4 h2)
     Z = w.sum()
     Ev = torch.einsum("vhg,vxy->xy", w, vs)

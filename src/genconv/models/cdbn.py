@@ -55,14 +55,10 @@ class CDBNNet(nn.Module):
         return out
 
     def _top_down(self, l: int, h_above: torch.Tensor) -> torch.Tensor:
-        """eq. (4): input to layer l's pooling units from layer l+1's detection units.
-
-        The CDBN's energy has unary terms only on detection layers (§3.6), so layer l+1's visible bias,
-        used while that CRBM was trained alone, is not part of the joint model's top-down signal.
-        """
+        """eq. (4): input to layer l's pooling units from layer l+1's detection units."""
         above = self.layers[l + 1]
         s2 = float(above.sigma) ** 2
-        return conv_full(h_above, above.W) / s2
+        return (conv_full(h_above, above.W) + above.c.view(1, -1, 1, 1)) / s2
 
     @staticmethod
     def _fit_top_down(I_p: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
