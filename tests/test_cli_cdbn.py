@@ -58,6 +58,20 @@ def test_show_sample_features_evaluate(trained, tmp_path, capsys):
     assert code == 0, err
     res = json.loads((tmp_path / "ev" / "results.json").read_text())["table2"]
     assert set(res) == {"100", "all"} and res["100"]["draws"] == 2 and 0 <= res["all"]["mean"] <= 100
+    # --mean-field 0 evaluates upward-pass features; the features command with the same flag agrees with the model
+    code, out, err = run_cli(["evaluate", str(trained), "--counts", "100", "--draws", "1", "--limit-train", "300",
+                              "--limit-test", "100", "--mean-field", "0", "--device", "cpu"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["evaluate", str(trained), "--mean-field", "-1", "--device", "cpu"], capsys)
+    assert code == 2 and "--mean-field must be >= 0" in err
+    code, out, err = run_cli(["features", str(trained), "--split", "test", "--limit", "20", "--mean-field", "0",
+                              "--out", str(tmp_path / "f0.npz"), "--device", "cpu"], capsys)
+    from genconv.data import load
+    from genconv.models.cdbn import CDBN
+    net = CDBN.load(trained, device="cpu").net_
+    with np.load(tmp_path / "f0.npz", allow_pickle=False) as f:
+        up = net.features(load("mnist", "test").X[:20], n_iter=0).numpy()
+        assert np.allclose(f["X"], up, atol=1e-6)
 
 
 def test_resume_continues_and_refuses_overwrite(tmp_path, capsys):

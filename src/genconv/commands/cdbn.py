@@ -205,15 +205,21 @@ def features(run, data_name, split, limit, mean_field, out, device):
 @click.option("--draws", default=10, show_default=True, help="random training sets per label count")
 @click.option("--limit-train", default=0, help="use only N training examples (0 = all)")
 @click.option("--limit-test", default=0)
+@click.option("--mean-field", "mean_field", default=None, type=int,
+              help="features after N mean-field sweeps; 0 = single upward pass (default: the model's setting)")
+@click.option("--jobs", default=1, show_default=True, help="SVM fits run in parallel")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="folder for results.json/report.md")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0)
-def evaluate(run, data_name, counts, draws, limit_train, limit_test, out, device, seed):
+def evaluate(run, data_name, counts, draws, limit_train, limit_test, mean_field, jobs, out, device, seed):
     """Linear-SVM evaluation of a model's features with Table 2's label-count protocol."""
     from genconv.evaluation.svm import label_count_protocol, table2_json, table2_markdown
     from genconv.io import write_json, write_text
 
     model = _load_model(run, device)
+    if mean_field is not None:
+        check(mean_field >= 0, f"--mean-field must be >= 0, got {mean_field}")
+        model.mean_field_iters = mean_field
     prep = model.meta_.get("preprocessing", {})
     name = data_name or prep.get("data", "mnist")
     kw = dict(whiten=prep.get("whiten", False), highpass=prep.get("highpass", 0.0), normalize=prep.get("normalize", False))
@@ -227,7 +233,8 @@ def evaluate(run, data_name, counts, draws, limit_train, limit_test, out, device
     except UserError:
         Fva = yva = None
     res = label_count_protocol(model.transform(Xtr), ytr.numpy(), model.transform(Xte), yte.numpy(), Fva, yva,
-                               counts=[c.strip() for c in counts.split(",") if c.strip()], draws=draws, seed=seed)
+                               counts=[c.strip() for c in counts.split(",") if c.strip()], draws=draws, seed=seed,
+                               n_jobs=jobs)
     table = table2_markdown(res)
     click.echo(table)
     if out:
