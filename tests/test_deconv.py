@@ -288,7 +288,7 @@ def test_show_and_sample_cli(tiny_run, tmp_path, capsys):
     ("ref_size", "give the clean version of the same image"),
     ("no_model", "is not a genconv model folder"),
     ("bad_layers", "--layers 3"),
-    ("not_image", "cannot read the image"),
+    ("not_image", "cannot read image"),
 ])
 def test_denoise_bad_input_one_line_exit_2_nothing_written(case, msg, tiny_run, tmp_path, capsys):
     _png(tmp_path / "img.png", np.full((20, 20), 0.5))

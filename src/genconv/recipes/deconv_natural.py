@@ -128,7 +128,6 @@ def calibration_image(size: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ run
 def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
     from genconv.device import seed_everything
-    from genconv.inference import csc
     from genconv.models.deconvnet import DeconvNet
 
     if int(config.get("threads", 0)) > 0:
