@@ -156,7 +156,13 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--valid-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (use 1 on a loaded machine)")
+    ap.add_argument("--plot-only", action="store_true",
+                    help="only redraw deconv_sparsity.png (Fig. 6) from benchmarks/results/deconv_sparsity.json")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        plot_sparsity(json.loads((RESULTS / "deconv_sparsity.json").read_text())["curves"],
+                      RESULTS / "deconv_sparsity.png")
+        return
     torch.set_num_threads(args.threads)
     run = ensure_model(Path(args.model))
     test, _ = crops(args.size)
@@ -240,22 +246,30 @@ def sparsity_curve(dn, patch, clean, noisy, sigma):
         curves["patch"].append({"n_nonzero": n, "nonzero_fraction": float((codes != 0).mean()),
                                 "rms_error": float(np.sqrt(((rec - clean.numpy()) ** 2).mean()))})
     _write(RESULTS / "deconv_sparsity.json", {"image": "astronaut validation crop (clean)", "curves": curves})
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    for k, c in curves.items():
-        if c:
-            ax.plot([p["nonzero_fraction"] for p in c], [p["rms_error"] for p in c], "o-", label=k)
-    ax.set_xlabel("mean fraction of non-zero coefficients")
-    ax.set_ylabel("RMS reconstruction error")
-    ax.set_xscale("log")
-    ax.legend()
-    fig.savefig(RESULTS / "deconv_sparsity.png", dpi=100, bbox_inches="tight")
+    plot_sparsity(curves, RESULTS / "deconv_sparsity.png")
     print("\n| curve | nonzero fraction | RMS error |\n|---|---|---|")
     for k, c in curves.items():
         for p in c:
             print(f"| {k} | {p['nonzero_fraction']:.4f} | {p['rms_error']:.4f} |")
+
+
+def plot_sparsity(curves: dict, path: Path) -> Path:
+    """Fig. 6 of the paper: RMS reconstruction error against mean fraction of non-zero coefficients."""
+    from genconv.viz.grids import _plt, save_figure
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    labels = {"layer1": "layer 1 (genconv)", "layer2": "layer 2 (genconv)", "patch": "patch dictionary (sklearn)"}
+    for k, c in curves.items():
+        if c:
+            ax.plot([p["nonzero_fraction"] for p in c], [p["rms_error"] for p in c], "o-", label=labels.get(k, k))
+    ax.set_xlabel("mean fraction of non-zero coefficients")
+    ax.set_ylabel("RMS reconstruction error")
+    ax.set_xscale("log")
+    ax.set_title("sparsity vs reconstruction, varying lambda (Fig. 6)", fontsize=9)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+    print(f"wrote {path}")
+    return path
 
 
 def _write(path, obj):
