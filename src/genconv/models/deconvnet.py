@@ -88,7 +88,9 @@ class DeconvNet(nn.Module):
     lambda_ : reconstruction weight (1), one value or one per layer.
     p : sparsity norm in (0, 1] (1).
     beta0, beta_inc, beta_max : continuation schedule (1, 6, 1e5).
-    epochs : E (3). batch_size : images per filter update. filter_steps : gradient steps per update.
+    epochs : E (3); each epoch ends with one filter update on all images (Algorithm 1, line 11).
+    batch_size : images per inference call (memory only; maps are warm-started across epochs).
+    filter_steps : conjugate-gradient steps on eq. 9 per filter update.
     solver : "paper" (continuation + CG) or "admm" (fast, p = 1 only).
     cg_iters, inner_iters, admm_iters : solver effort.
     z0_alpha : weight of the l2 gradient prior of the low-frequency maps z0 (§3.3); None: no z0 maps.
@@ -283,40 +285,42 @@ class DeconvNet(nn.Module):
         return self
 
     def fit_layer(self, l: int, inputs: torch.Tensor, callback=None) -> torch.Tensor:
-        """Algorithm 1 for layer l on its inputs (images or the maps below); returns this layer's maps."""
+        """Algorithm 1 for layer l on its inputs (images or the maps below); returns this layer's maps.
+
+        Each epoch infers the maps of every image (lines 3-10; in chunks of ``batch_size`` images, each image's
+        maps warm-started from the previous epoch, line 1 keeps them between epochs), then updates the filters
+        once on the whole set (line 11: eq. 9 summed over all images i)."""
         from tqdm.auto import tqdm
 
         layer = self.layers[l]
         lam = self.lambdas()[l]
-        gen = torch.Generator().manual_seed(self.random_state + 101 * l)
         N = inputs.shape[0]
-        nb = math.ceil(N / self.batch_size)
-        bar = tqdm(total=self.epochs * nb, desc=f"layer {l + 1}", disable=not self.progress, leave=False)
-        for epoch in range(self.epochs):
-            order = torch.randperm(N, generator=gen)
-            tot_obj, tot_nnz, tot_n = 0.0, 0.0, 0
+        bs = self.batch_size
+        nb = math.ceil(N / bs)
+        maps = None
+        bar = tqdm(total=self.epochs, desc=f"layer {l + 1}", disable=not self.progress, leave=False)
+
+        def infer_all(maps):
+            outs = []
             for b in range(nb):
-                idx = order[b * self.batch_size:(b + 1) * self.batch_size].to(inputs.device)
-                yb = inputs[idx]
-                x, _, _ = self._solve(layer.op(), yb, lam)                                 # lines 4-9
-                rec = layer.update_filters(x, yb, lam, self.filter_steps)                 # line 11, eq. 9
-                obj = float(csc.objective(layer.op(), yb, x, lambda_=lam, p=self.p).sum())
-                tot_obj += obj
-                tot_nnz += float((x != 0).float().mean()) * len(idx)
-                tot_n += len(idx)
-                bar.update(1)
-                bar.set_postfix(objective=f"{tot_obj / tot_n:.4g}", recon=f"{rec:.3g}")
-            rec_ = {"layer": l + 1, "epoch": epoch + 1, "objective": tot_obj / tot_n, "nonzero": tot_nnz / tot_n}
+                z_init = None if maps is None else maps[b * bs:(b + 1) * bs]
+                outs.append(self._solve(layer.op(), inputs[b * bs:(b + 1) * bs], lam, z_init=z_init)[0])
+            return torch.cat(outs)
+
+        for epoch in range(self.epochs):
+            maps = infer_all(maps)                                                        # lines 3-10
+            rec = layer.update_filters(maps, inputs, lam, self.filter_steps)              # line 11, eq. 9
+            obj = float(csc.objective(layer.op(), inputs, maps, lambda_=lam, p=self.p).sum())
+            rec_ = {"layer": l + 1, "epoch": epoch + 1, "objective": obj / N,
+                    "nonzero": float((maps != 0).float().mean()), "reconstruction": rec}
             self.history_.append(rec_)
+            bar.update(1)
+            bar.set_postfix(objective=f"{obj / N:.4g}", recon=f"{rec:.3g}")
             if callback is not None:
                 callback(rec_)
         bar.close()
         # maps of the whole set with the final filters, and each map's firing statistics (§4.1 sampling)
-        outs = []
-        for b in range(nb):
-            yb = inputs[b * self.batch_size:(b + 1) * self.batch_size]
-            outs.append(self._solve(layer.op(), yb, lam)[0])
-        maps = torch.cat(outs)
+        maps = infer_all(maps)
         nz = (maps != 0).float()
         layer.firing.copy_(nz.mean(dim=(0, 2, 3)))
         layer.amplitude.copy_(maps.abs().sum(dim=(0, 2, 3)) / nz.sum(dim=(0, 2, 3)).clamp(min=1))
