@@ -92,7 +92,8 @@ class DeconvNet(nn.Module):
     batch_size : images per inference call (memory only; maps are warm-started across epochs).
     filter_steps : conjugate-gradient steps on eq. 9 per filter update.
     solver : "paper" (continuation + CG) or "admm" (fast, p = 1 only).
-    cg_iters, inner_iters, admm_iters : solver effort.
+    cg_iters, inner_iters, admm_iters : solver effort. admm_warm_iters : ADMM iterations in learning when an
+        image's maps are warm-started from the previous epoch (None: admm_iters).
     z0_alpha : weight of the l2 gradient prior of the low-frequency maps z0 (§3.3); None: no z0 maps.
     n_alternations : rounds of eq. 10 / eq. 11 in multi-layer inference.
     random_state : seed for the filter initialization and random connectivity.
@@ -102,7 +103,8 @@ class DeconvNet(nn.Module):
                  connectivity: Sequence = ("full", "singles+pairs", "random-pairs"), lambda_=1.0, p: float = 1.0,
                  beta0: float = 1.0, beta_inc: float = 6.0, beta_max: float = 1e5, epochs: int = 3,
                  batch_size: int = 8, filter_steps: int = 2, solver: str = "paper", cg_iters: int = 10,
-                 inner_iters: int = 1, admm_iters: int = 100, z0_alpha: float | None = None,
+                 inner_iters: int = 1, admm_iters: int = 100, admm_warm_iters: int | None = None,
+                 z0_alpha: float | None = None,
                  n_alternations: int = 2, random_state: int = 0, device: str | torch.device = "cpu",
                  progress: bool = False):
         super().__init__()
@@ -114,6 +116,7 @@ class DeconvNet(nn.Module):
         self.beta0, self.beta_inc, self.beta_max = beta0, beta_inc, beta_max
         self.epochs, self.batch_size, self.filter_steps = epochs, batch_size, filter_steps
         self.solver, self.cg_iters, self.inner_iters, self.admm_iters = solver, cg_iters, inner_iters, admm_iters
+        self.admm_warm_iters = admm_warm_iters
         self.z0_alpha = z0_alpha
         self.n_alternations = n_alternations
         self.random_state = random_state
@@ -127,7 +130,7 @@ class DeconvNet(nn.Module):
     def get_params(self, deep=True):
         return {k: getattr(self, k) for k in (
             "n_maps", "filter_size", "connectivity", "lambda_", "p", "beta0", "beta_inc", "beta_max", "epochs",
-            "batch_size", "filter_steps", "solver", "cg_iters", "inner_iters", "admm_iters", "z0_alpha",
+            "batch_size", "filter_steps", "solver", "cg_iters", "inner_iters", "admm_iters", "admm_warm_iters", "z0_alpha",
             "n_alternations", "random_state")}
 
     def set_params(self, **params):
@@ -153,6 +156,8 @@ class DeconvNet(nn.Module):
         check(self.solver == "paper" or self.p == 1, "the admm solver handles p = 1 only; use solver=paper "
               "for p < 1")
         check(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
+        check(self.admm_warm_iters is None or int(self.admm_warm_iters) >= 1,
+              f"admm_warm_iters must be >= 1 (or None for admm_iters), got {self.admm_warm_iters}")
         if X is not None:
             check(X.dim() == 4, f"expected images shaped (N, C, H, W), got shape {tuple(X.shape)}")
             check(X.shape[-1] >= self.filter_size and X.shape[-2] >= self.filter_size,
@@ -190,7 +195,7 @@ class DeconvNet(nn.Module):
         return csc.LowFrequency(self.n_channels_, self.filter_size, self.z0_alpha, device=device)
 
     # ------------------------------------------------------------------ inference
-    def _solve(self, op, y, lambda_, *, z_init=None, low=None, z0_init=None, record=False):
+    def _solve(self, op, y, lambda_, *, z_init=None, low=None, z0_init=None, record=False, iters=None):
         """One sparse-coding problem with the configured solver: returns (sparse maps, z0, history)."""
         if self.solver == "paper" or self.p != 1:
             res = csc.solve_continuation(op, y, lambda_=lambda_, p=self.p, beta0=self.beta0,
@@ -199,7 +204,8 @@ class DeconvNet(nn.Module):
                                          record=record)
             return res.x, res.z0, res.history
         if low is None:
-            x, hist = csc.solve_admm(op, y, lambda_=lambda_, iters=self.admm_iters, z_init=z_init, record=record)
+            x, hist = csc.solve_admm(op, y, lambda_=lambda_, iters=iters or self.admm_iters, z_init=z_init,
+                                     record=record)
             return x, None, hist
         # block coordinate descent on the same convex objective: z0 by CG, sparse maps by ADMM
         N = y.shape[0]
@@ -304,7 +310,8 @@ class DeconvNet(nn.Module):
             outs = []
             for b in range(nb):
                 z_init = None if maps is None else maps[b * bs:(b + 1) * bs]
-                outs.append(self._solve(layer.op(), inputs[b * bs:(b + 1) * bs], lam, z_init=z_init)[0])
+                iters = None if maps is None else self.admm_warm_iters
+                outs.append(self._solve(layer.op(), inputs[b * bs:(b + 1) * bs], lam, z_init=z_init, iters=iters)[0])
             return torch.cat(outs)
 
         for epoch in range(self.epochs):
