@@ -391,3 +391,17 @@ def test_admm_periodic_single_channel_reaches_kkt_point(xi_scale):
     assert on.any() and (~on).any()
     assert (grad_smooth[on] + torch.sign(x[on])).abs().max() < 3e-2
     assert grad_smooth[~on].abs().max() < 1 + 3e-2
+
+
+def test_training_crops_scale_whole_set_or_each_crop():
+    from genconv.recipes.deconv_natural import training_crops
+    data = {"name": "natural", "split": "train", "crop_size": 24, "n_crops": 6, "preprocess": "highpass",
+            "image_std": 0.5}
+    X = training_crops({**data, "normalize": "set"}, torch.Generator().manual_seed(0)).double()
+    assert abs(float(X.std()) - 0.5) < 1e-3
+    assert float(X.flatten(1).std(1).max() / X.flatten(1).std(1).min()) > 1.5     # crops keep their contrast
+    assert float(X.mean(dim=(1, 2, 3)).abs().max()) < 1e-5
+    Xc = training_crops({**data, "normalize": "crop"}, torch.Generator().manual_seed(0)).double()
+    assert torch.allclose(Xc.flatten(1).std(1), torch.full((6,), 0.5, dtype=torch.float64), atol=1e-3)
+    with pytest.raises(UserError, match="data.normalize"):
+        training_crops({**data, "normalize": "bogus"}, torch.Generator().manual_seed(0))
