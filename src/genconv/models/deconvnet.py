@@ -88,7 +88,7 @@ class DeconvNet(nn.Module):
     lambda_ : reconstruction weight (1), one value or one per layer.
     p : sparsity norm in (0, 1] (1).
     beta0, beta_inc, beta_max : continuation schedule (1, 6, 1e5).
-    epochs : E (3); each epoch ends with one filter update on all images (Algorithm 1, line 11).
+    epochs : E (3), one value or one per layer; each epoch ends with one filter update on all images (Algorithm 1, line 11).
     batch_size : images per inference call (memory only; maps are warm-started across epochs).
     filter_steps : conjugate-gradient steps on eq. 9 per filter update.
     solver : "paper" (continuation + CG) or "admm" (fast, p = 1 only).
@@ -145,6 +145,13 @@ class DeconvNet(nn.Module):
               "give one value or one per layer")
         return [float(v) for v in lams]
 
+    def epochs_per_layer(self) -> list[int]:
+        ep = self.epochs
+        eps = list(ep) if isinstance(ep, (list, tuple)) else [ep] * len(self.n_maps)
+        check(len(eps) == len(self.n_maps), f"epochs has {len(eps)} values for {len(self.n_maps)} layers; "
+              "give one value or one per layer")
+        return [int(e) for e in eps]
+
     def _validate(self, X: torch.Tensor | None = None):
         check(len(self.n_maps) >= 1 and all(int(k) >= 1 for k in self.n_maps),
               f"n_maps must list at least one positive map count per layer, got {self.n_maps}")
@@ -155,7 +162,8 @@ class DeconvNet(nn.Module):
         check(self.solver in ("paper", "admm"), f"unknown solver {self.solver!r}; use paper or admm")
         check(self.solver == "paper" or self.p == 1, "the admm solver handles p = 1 only; use solver=paper "
               "for p < 1")
-        check(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
+        check(all(e >= 1 for e in self.epochs_per_layer()) and self.batch_size >= 1,
+              "epochs (each layer's) and batch_size must be >= 1")
         check(self.admm_warm_iters is None or int(self.admm_warm_iters) >= 1,
               f"admm_warm_iters must be >= 1 (or None for admm_iters), got {self.admm_warm_iters}")
         if X is not None:
@@ -304,7 +312,8 @@ class DeconvNet(nn.Module):
         bs = self.batch_size
         nb = math.ceil(N / bs)
         maps = None
-        bar = tqdm(total=self.epochs, desc=f"layer {l + 1}", disable=not self.progress, leave=False)
+        epochs = self.epochs_per_layer()[l]
+        bar = tqdm(total=epochs, desc=f"layer {l + 1}", disable=not self.progress, leave=False)
 
         def infer_all(maps):
             outs = []
@@ -314,7 +323,7 @@ class DeconvNet(nn.Module):
                 outs.append(self._solve(layer.op(), inputs[b * bs:(b + 1) * bs], lam, z_init=z_init, iters=iters)[0])
             return torch.cat(outs)
 
-        for epoch in range(self.epochs):
+        for epoch in range(epochs):
             maps = infer_all(maps)                                                        # lines 3-10
             rec = layer.update_filters(maps, inputs, lam, self.filter_steps)              # line 11, eq. 9
             obj = float(csc.objective(layer.op(), inputs, maps, lambda_=lam, p=self.p).sum())
