@@ -463,9 +463,14 @@ def solve_admm(op, y, *, lambda_: float = 1.0, rho: float | None = None, iters: 
     W = _filters_of(op)
     Kn, C, h, w = W.shape
     N = y.shape[0]
-    Mr, Mc = y.shape[-2] + h - 1, y.shape[-1] + w - 1
+    M0r, M0c = y.shape[-2] + h - 1, y.shape[-1] + w - 1                 # the maps of eq. 2 (full size)
     if boundary == "periodic":
         Mr, Mc = y.shape[-2], y.shape[-1]
+    else:   # FFT grid padded to a size with small prime factors: the extra map entries only reach pixels outside
+        # the masked (data) region, so they never enter the data term and the l1 term keeps them at zero --
+        # the objective is unchanged; the maps returned are the (M0r, M0c) part
+        from scipy.fft import next_fast_len
+        Mr, Mc = next_fast_len(M0r, real=True), next_fast_len(M0c, real=True)
     # circular convolution on the M grid with filter anchored so that the valid part lands at [h-1:, w-1:]
     Wf = torch.fft.rfft2(W, s=(Mr, Mc))                                   # (K, C, Mr, Mc/2+1)
     Dh = Wf.permute(2, 3, 1, 0).contiguous()                              # (f1, f2, C, K) per frequency
@@ -505,14 +510,16 @@ def solve_admm(op, y, *, lambda_: float = 1.0, rho: float | None = None, iters: 
         mask[...] = 1
         ypad = y.clone()
     else:
-        mask[..., h - 1:, w - 1:] = 1
-        ypad[..., h - 1:, w - 1:] = y
+        mask[..., h - 1:M0r, w - 1:M0c] = 1
+        ypad[..., h - 1:M0r, w - 1:M0c] = y
     if boundary == "periodic":
         return _admm_periodic(W, y, lambda_=lambda_, rho=rho, iters=iters, tol=tol, z_init=z_init, record=record,
                               relax=relax, callback=callback, xi_scale=xi_scale)
     if rho is None:      # SPORCO's rho = 50 lmbda + 1 for 1/2||Dx-s||^2 + lmbda||x||_1, lmbda = 1/lambda_, rescaled
         rho = 50.0 + lambda_
-    z = torch.zeros(N, Kn, Mr, Mc, device=y.device, dtype=y.dtype) if z_init is None else z_init.clone()
+    z = torch.zeros(N, Kn, Mr, Mc, device=y.device, dtype=y.dtype)
+    if z_init is not None:
+        z[..., :M0r, :M0c] = z_init
     u = z.clone()
     s = torch.fft.irfft2(Dz(torch.fft.rfft2(z)), s=(Mr, Mc))
     a = torch.zeros_like(u)          # scaled duals
@@ -535,8 +542,7 @@ def solve_admm(op, y, *, lambda_: float = 1.0, rho: float | None = None, iters: 
             r_prim = math.sqrt(float((z - u).pow(2).sum() + (Dzs - s).pow(2).sum()))
             r_dual = rho * math.sqrt(float((u - u_old).pow(2).sum() + (s - s_old).pow(2).sum()))
             if record:
-                obj = _obj_admm(W, y, u, lambda_, h, w) if boundary == "valid" else \
-                    objective_periodic(W, y, u, lambda_=lambda_).sum().item()
+                obj = _obj_admm(W, y, u[..., :M0r, :M0c], lambda_, h, w)
                 hist.append({"iter": it, "objective": obj,
                              "r_prim": r_prim, "r_dual": r_dual, "rho": rho})
             if tol > 0:
@@ -553,8 +559,8 @@ def solve_admm(op, y, *, lambda_: float = 1.0, rho: float | None = None, iters: 
                     rho *= f
                     a, b = a / f, b / f
         if callback is not None:
-            callback(it, u)
-    return u, hist
+            callback(it, u[..., :M0r, :M0c])
+    return u[..., :M0r, :M0c].contiguous(), hist
 
 
 class _FreqDict:
