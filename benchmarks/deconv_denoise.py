@@ -173,7 +173,13 @@ def main(argv=None):
     chosen = {}
     dn = GenconvDN(run)
     L = len(dn.model.layers)
-    best1 = max((snr_db(valid, dn(vnoisy, vsigma, 1, [t] * L)), t) for t in (0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0))
+    scores = []
+    for za in (0.2, 0.5):                   # z0 gradient prior (relative to lambda_1) and tau of layer 1
+        dn.z0_alpha = za
+        scores += [(snr_db(valid, dn(vnoisy, vsigma, 1, [t] * L)), t, za) for t in (1.0, 1.25, 1.5, 1.75, 2.0, 2.5)]
+    best1 = max(scores)
+    dn.z0_alpha = best1[2]
+    chosen["genconv_z0_alpha"] = best1[2]
     tau = [best1[1]] * L
     if L >= 2:
         best2 = max((snr_db(valid, dn(vnoisy, vsigma, 2, [tau[0], t] + [t] * (L - 2))), t)
