@@ -7,7 +7,8 @@ Every method gets the true noise sigma; every free setting is chosen on a *valid
 
 Methods:
 - ``genconv-layer1`` / ``genconv-layer2``: a trained deconvnet run (``--model``, default runs/deconv-natural; trained
-  with the recipe if missing), z0 low-frequency maps + sparse maps, threshold tau (in noise stds) chosen on validation;
+  with the recipe if missing), z0 low-frequency maps + sparse maps, threshold tau (in noise stds) and z0 prior chosen
+  on validation;
   layer 2 reconstructs through both layers (eq. 10-12).
 - ``sklearn-patch``: MiniBatchDictionaryLearning (100 atoms, 8x8, mean-removed patches of the training photographs) +
   OMP, overlapping patches averaged (scikit-learn's image-denoising recipe); number of atoms per patch chosen on validation.
@@ -19,7 +20,7 @@ Also the sparsity / reconstruction trade-off (Fig. 6) on the validation crop: me
 against RMS reconstruction error while varying lambda, for layer 1, layer 2 and the patch decomposition.
 
 Writes benchmarks/results/deconv_denoise.json, deconv_sparsity.json and deconv_sparsity.png; prints markdown tables.
-Run: python benchmarks/deconv_denoise.py [--model RUN] [--size 256]
+Run: python benchmarks/deconv_denoise.py [--model RUN] [--size 256] [--threads 1]   (--plot-only: redraw Fig. 6 from the JSON)
 """
 from __future__ import annotations
 
