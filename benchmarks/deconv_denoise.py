@@ -7,7 +7,8 @@ Every method gets the true noise sigma; every free setting is chosen on a *valid
 
 Methods:
 - ``genconv-layer1`` / ``genconv-layer2``: a trained deconvnet run (``--model``, default runs/deconv-natural; trained
-  with the recipe if missing), z0 low-frequency maps + sparse maps, threshold tau (in noise stds) chosen on validation;
+  with the recipe if missing), z0 low-frequency maps + sparse maps, threshold tau (in noise stds) and z0 prior chosen
+  on validation;
   layer 2 reconstructs through both layers (eq. 10-12).
 - ``sklearn-patch``: MiniBatchDictionaryLearning (100 atoms, 8x8, mean-removed patches of the training photographs) +
   OMP, overlapping patches averaged (scikit-learn's image-denoising recipe); number of atoms per patch chosen on validation.
@@ -19,7 +20,7 @@ Also the sparsity / reconstruction trade-off (Fig. 6) on the validation crop: me
 against RMS reconstruction error while varying lambda, for layer 1, layer 2 and the patch decomposition.
 
 Writes benchmarks/results/deconv_denoise.json, deconv_sparsity.json and deconv_sparsity.png; prints markdown tables.
-Run: python benchmarks/deconv_denoise.py [--model RUN] [--size 256]
+Run: python benchmarks/deconv_denoise.py [--model RUN] [--size 256] [--threads 1]   (--plot-only: redraw Fig. 6 from the JSON)
 """
 from __future__ import annotations
 
@@ -156,7 +157,13 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--valid-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (use 1 on a loaded machine)")
+    ap.add_argument("--plot-only", action="store_true",
+                    help="only redraw deconv_sparsity.png (Fig. 6) from benchmarks/results/deconv_sparsity.json")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        plot_sparsity(json.loads((RESULTS / "deconv_sparsity.json").read_text())["curves"],
+                      RESULTS / "deconv_sparsity.png")
+        return
     torch.set_num_threads(args.threads)
     run = ensure_model(Path(args.model))
     test, _ = crops(args.size)
@@ -167,7 +174,13 @@ def main(argv=None):
     chosen = {}
     dn = GenconvDN(run)
     L = len(dn.model.layers)
-    best1 = max((snr_db(valid, dn(vnoisy, vsigma, 1, [t] * L)), t) for t in (0.5, 0.75, 1.0, 1.5, 2.0, 3.0))
+    scores = []
+    for za in (0.2, 0.5):                   # z0 gradient prior (relative to lambda_1) and tau of layer 1
+        dn.z0_alpha = za
+        scores += [(snr_db(valid, dn(vnoisy, vsigma, 1, [t] * L)), t, za) for t in (1.0, 1.25, 1.5, 1.75, 2.0, 2.5)]
+    best1 = max(scores)
+    dn.z0_alpha = best1[2]
+    chosen["genconv_z0_alpha"] = best1[2]
     tau = [best1[1]] * L
     if L >= 2:
         best2 = max((snr_db(valid, dn(vnoisy, vsigma, 2, [tau[0], t] + [t] * (L - 2))), t)
@@ -175,12 +188,19 @@ def main(argv=None):
         tau = [tau[0], best2[1]] + [best2[1]] * (L - 2)
     dn.tau = tau
     chosen["genconv_tau"] = tau
+    chosen["validation_snr_out_db"] = {"genconv-layer1": best1[0]}
+    if L >= 2:
+        chosen["validation_snr_out_db"]["genconv-layer2"] = best2[0]
     patch = PatchDictionary()
-    patch.n_nonzero = max((snr_db(valid, patch(vnoisy, vsigma, n)), n) for n in (1, 2, 3, 4, 6))[1]
+    best_p = max((snr_db(valid, patch(vnoisy, vsigma, n)), n) for n in (1, 2, 3, 4, 6))
+    patch.n_nonzero = best_p[1]
     chosen["sklearn_n_nonzero"] = patch.n_nonzero
+    chosen["validation_snr_out_db"]["sklearn-patch"] = best_p[0]
     sp = SporcoCSC()
-    sp.c = max((snr_db(valid, sp(vnoisy, vsigma, c)), c) for c in (0.25, 0.5, 1.0, 2.0, 3.0))[1]
+    best_s = max((snr_db(valid, sp(vnoisy, vsigma, c)), c) for c in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0))
+    sp.c = best_s[1]
     chosen["sporco_lambda_over_sigma"] = sp.c
+    chosen["validation_snr_out_db"]["sporco-csc"] = best_s[0]
     print("settings chosen on the validation crop (astronaut):", chosen)
 
     methods = {"genconv-layer1": lambda n, s: dn(n, s, 1)}
@@ -240,22 +260,30 @@ def sparsity_curve(dn, patch, clean, noisy, sigma):
         curves["patch"].append({"n_nonzero": n, "nonzero_fraction": float((codes != 0).mean()),
                                 "rms_error": float(np.sqrt(((rec - clean.numpy()) ** 2).mean()))})
     _write(RESULTS / "deconv_sparsity.json", {"image": "astronaut validation crop (clean)", "curves": curves})
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    for k, c in curves.items():
-        if c:
-            ax.plot([p["nonzero_fraction"] for p in c], [p["rms_error"] for p in c], "o-", label=k)
-    ax.set_xlabel("mean fraction of non-zero coefficients")
-    ax.set_ylabel("RMS reconstruction error")
-    ax.set_xscale("log")
-    ax.legend()
-    fig.savefig(RESULTS / "deconv_sparsity.png", dpi=100, bbox_inches="tight")
+    plot_sparsity(curves, RESULTS / "deconv_sparsity.png")
     print("\n| curve | nonzero fraction | RMS error |\n|---|---|---|")
     for k, c in curves.items():
         for p in c:
             print(f"| {k} | {p['nonzero_fraction']:.4f} | {p['rms_error']:.4f} |")
+
+
+def plot_sparsity(curves: dict, path: Path) -> Path:
+    """Fig. 6 of the paper: RMS reconstruction error against mean fraction of non-zero coefficients."""
+    from genconv.viz.grids import _plt, save_figure
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    labels = {"layer1": "layer 1 (genconv)", "layer2": "layer 2 (genconv)", "patch": "patch dictionary (sklearn)"}
+    for k, c in curves.items():
+        if c:
+            ax.plot([p["nonzero_fraction"] for p in c], [p["rms_error"] for p in c], "o-", label=labels.get(k, k))
+    ax.set_xlabel("mean fraction of non-zero coefficients")
+    ax.set_ylabel("RMS reconstruction error")
+    ax.set_xscale("log")
+    ax.set_title("sparsity vs reconstruction, varying lambda (Fig. 6)", fontsize=9)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+    print(f"wrote {path}")
+    return path
 
 
 def _write(path, obj):

@@ -288,7 +288,7 @@ def test_show_and_sample_cli(tiny_run, tmp_path, capsys):
     ("ref_size", "give the clean version of the same image"),
     ("no_model", "is not a genconv model folder"),
     ("bad_layers", "--layers 3"),
-    ("not_image", "cannot read the image"),
+    ("not_image", "cannot read image"),
 ])
 def test_denoise_bad_input_one_line_exit_2_nothing_written(case, msg, tiny_run, tmp_path, capsys):
     _png(tmp_path / "img.png", np.full((20, 20), 0.5))
@@ -375,3 +375,33 @@ def test_generic_show_and_sample_dispatch_to_deconvnet(tiny_run, tmp_path, capsy
                         capsys)
     assert code == 0, err
     assert (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("xi_scale", [1.0, 1.5])
+def test_admm_periodic_single_channel_reaches_kkt_point(xi_scale):
+    """The single-channel (Sherman-Morrison) periodic ADMM ends at the circular problem's minimizer (KKT), in
+    batch, for SPORCO's residual target and the scaled one."""
+    op, y = _problem(K=4, n=16)
+    lam = 5.0
+    x, _ = csc.solve_admm(op, y, lambda_=lam, iters=1500, boundary="periodic", xi_scale=xi_scale)
+    xr = x.clone().requires_grad_(True)
+    csc.objective_periodic(op.W, y, xr, lambda_=lam).sum().backward()
+    grad_smooth = xr.grad - torch.sign(x)
+    on = x != 0
+    assert on.any() and (~on).any()
+    assert (grad_smooth[on] + torch.sign(x[on])).abs().max() < 3e-2
+    assert grad_smooth[~on].abs().max() < 1 + 3e-2
+
+
+def test_training_crops_scale_whole_set_or_each_crop():
+    from genconv.recipes.deconv_natural import training_crops
+    data = {"name": "natural", "split": "train", "crop_size": 24, "n_crops": 6, "preprocess": "highpass",
+            "image_std": 0.5}
+    X = training_crops({**data, "normalize": "set"}, torch.Generator().manual_seed(0)).double()
+    assert abs(float(X.std()) - 0.5) < 1e-3
+    assert float(X.flatten(1).std(1).max() / X.flatten(1).std(1).min()) > 1.5     # crops keep their contrast
+    assert float(X.mean(dim=(1, 2, 3)).abs().max()) < 1e-5
+    Xc = training_crops({**data, "normalize": "crop"}, torch.Generator().manual_seed(0)).double()
+    assert torch.allclose(Xc.flatten(1).std(1), torch.full((6,), 0.5, dtype=torch.float64), atol=1e-3)
+    with pytest.raises(UserError, match="data.normalize"):
+        training_crops({**data, "normalize": "bogus"}, torch.Generator().manual_seed(0))

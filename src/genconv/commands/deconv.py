@@ -23,26 +23,19 @@ from genconv.errors import UserError, check
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def read_image(path) -> torch.Tensor:
-    """An image file as (1, C, H, W) float32 in [0, 1] (C = 1 for gray, 3 for colour)."""
-    from PIL import Image, UnidentifiedImageError
+def read_image(path) -> tuple[torch.Tensor, bool]:
+    """An image file as gray (1, 1, H, W) float32 in [0, 1] (the shared reader of ``folder:`` data sets), and
+    whether the file had colour bands (converted to gray by the reader)."""
+    from PIL import Image
+
+    from genconv.data.folder import read_image as read_gray
 
     path = Path(path)
     check(path.is_file(), f"{path}: no such image file; give a PNG, JPEG or TIFF")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I"):
-                a = np.asarray(im, dtype=np.float32)
-                a = a / (65535.0 if a.max() > 255 else 255.0)
-            else:
-                im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
-                a = np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{path}: cannot read the image ({e}); give a PNG, JPEG or TIFF") from None
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
-    return t[None]
+    a = read_gray(path)                                        # UserError naming the file if unreadable
+    with Image.open(path) as im:
+        colour = len(im.getbands()) > 1 and im.mode not in ("LA", "La")
+    return torch.from_numpy(np.ascontiguousarray(a))[None], colour
 
 
 def write_image(path, img: torch.Tensor) -> None:
@@ -73,14 +66,12 @@ def load_model(run, device="cpu"):
     return DeconvNet.load(run, device=device)
 
 
-def _gray_for(model, img: torch.Tensor, what: str) -> torch.Tensor:
-    from genconv.data.preprocess import to_gray
-
-    if img.shape[1] != model.n_channels_ and model.n_channels_ == 1:
+def _gray_for(model, path, what: str) -> torch.Tensor:
+    img, colour = read_image(path)
+    check(model.n_channels_ == 1, f"the model has {model.n_channels_} input channels; genconv denoise reads images "
+          "as grayscale, so use a grayscale model")
+    if colour:
         click.echo(f"genconv: note: {what} is colour and the model is grayscale; converting it to gray", err=True)
-        return to_gray(img)
-    check(img.shape[1] == model.n_channels_, f"{what} has {img.shape[1]} channels but the model expects "
-          f"{model.n_channels_}; convert the image first")
     return img
 
 
@@ -121,10 +112,11 @@ def sample(run, out, n: int = 4, size: int = 64, layer: int | None = None, seed:
 @click.option("--filter-size", default=7, show_default=True, type=int)
 @click.option("--lambda", "lambda_", default=1.0, show_default=True, type=float)
 @click.option("--p", default=1.0, show_default=True, type=float)
-@click.option("--epochs", default=3, show_default=True, type=int)
+@click.option("--epochs", default=15, show_default=True, type=int, help="E; one filter update per epoch")
 @click.option("--crop-size", default=100, show_default=True, type=int)
-@click.option("--n-crops", default=32, show_default=True, type=int)
-@click.option("--image-std", default=2.0, show_default=True, type=float)
+@click.option("--n-crops", default=64, show_default=True, type=int)
+@click.option("--image-std", default=0.18, show_default=True, type=float,
+              help="std of the preprocessed crops (whole set): the sparsity against lambda")
 @click.option("--solver", type=click.Choice(["paper", "admm"]), default="admm", show_default=True)
 @click.option("--beta0", default=1.0, show_default=True, type=float)
 @click.option("--beta-inc", default=6.0, show_default=True, type=float)
@@ -174,10 +166,10 @@ def denoise_cmd(image, run, clean, out, layers, sigma, tau, device):
     _, meta = load_checkpoint(run, "deconvnet")
     check(1 <= layers <= len(model.layers), f"--layers {layers}: the model has {len(model.layers)} layer(s); "
           f"use 1..{len(model.layers)}")
-    y = _gray_for(model, read_image(image), image)
+    y = _gray_for(model, image, image)
     ref = None
     if clean is not None:
-        ref = _gray_for(model, read_image(clean), clean)
+        ref = _gray_for(model, clean, clean)
         check(ref.shape[-2:] == y.shape[-2:], f"--clean {clean} is {ref.shape[-1]}x{ref.shape[-2]} but {image} is "
               f"{y.shape[-1]}x{y.shape[-2]}; give the clean version of the same image")
     check(min(y.shape[-2:]) >= model.filter_size, f"{image} is {y.shape[-1]}x{y.shape[-2]}, smaller than the "

@@ -88,9 +88,12 @@ class DeconvNet(nn.Module):
     lambda_ : reconstruction weight (1), one value or one per layer.
     p : sparsity norm in (0, 1] (1).
     beta0, beta_inc, beta_max : continuation schedule (1, 6, 1e5).
-    epochs : E (3). batch_size : images per filter update. filter_steps : gradient steps per update.
+    epochs : E (3), one value or one per layer; each epoch ends with one filter update on all images (Algorithm 1, line 11).
+    batch_size : images per inference call (memory only; maps are warm-started across epochs).
+    filter_steps : conjugate-gradient steps on eq. 9 per filter update.
     solver : "paper" (continuation + CG) or "admm" (fast, p = 1 only).
-    cg_iters, inner_iters, admm_iters : solver effort.
+    cg_iters, inner_iters, admm_iters : solver effort. admm_warm_iters : ADMM iterations in learning when an
+        image's maps are warm-started from the previous epoch (None: admm_iters).
     z0_alpha : weight of the l2 gradient prior of the low-frequency maps z0 (§3.3); None: no z0 maps.
     n_alternations : rounds of eq. 10 / eq. 11 in multi-layer inference.
     random_state : seed for the filter initialization and random connectivity.
@@ -100,7 +103,8 @@ class DeconvNet(nn.Module):
                  connectivity: Sequence = ("full", "singles+pairs", "random-pairs"), lambda_=1.0, p: float = 1.0,
                  beta0: float = 1.0, beta_inc: float = 6.0, beta_max: float = 1e5, epochs: int = 3,
                  batch_size: int = 8, filter_steps: int = 2, solver: str = "paper", cg_iters: int = 10,
-                 inner_iters: int = 1, admm_iters: int = 100, z0_alpha: float | None = None,
+                 inner_iters: int = 1, admm_iters: int = 100, admm_warm_iters: int | None = None,
+                 z0_alpha: float | None = None,
                  n_alternations: int = 2, random_state: int = 0, device: str | torch.device = "cpu",
                  progress: bool = False):
         super().__init__()
@@ -112,6 +116,7 @@ class DeconvNet(nn.Module):
         self.beta0, self.beta_inc, self.beta_max = beta0, beta_inc, beta_max
         self.epochs, self.batch_size, self.filter_steps = epochs, batch_size, filter_steps
         self.solver, self.cg_iters, self.inner_iters, self.admm_iters = solver, cg_iters, inner_iters, admm_iters
+        self.admm_warm_iters = admm_warm_iters
         self.z0_alpha = z0_alpha
         self.n_alternations = n_alternations
         self.random_state = random_state
@@ -125,7 +130,7 @@ class DeconvNet(nn.Module):
     def get_params(self, deep=True):
         return {k: getattr(self, k) for k in (
             "n_maps", "filter_size", "connectivity", "lambda_", "p", "beta0", "beta_inc", "beta_max", "epochs",
-            "batch_size", "filter_steps", "solver", "cg_iters", "inner_iters", "admm_iters", "z0_alpha",
+            "batch_size", "filter_steps", "solver", "cg_iters", "inner_iters", "admm_iters", "admm_warm_iters", "z0_alpha",
             "n_alternations", "random_state")}
 
     def set_params(self, **params):
@@ -140,6 +145,13 @@ class DeconvNet(nn.Module):
               "give one value or one per layer")
         return [float(v) for v in lams]
 
+    def epochs_per_layer(self) -> list[int]:
+        ep = self.epochs
+        eps = list(ep) if isinstance(ep, (list, tuple)) else [ep] * len(self.n_maps)
+        check(len(eps) == len(self.n_maps), f"epochs has {len(eps)} values for {len(self.n_maps)} layers; "
+              "give one value or one per layer")
+        return [int(e) for e in eps]
+
     def _validate(self, X: torch.Tensor | None = None):
         check(len(self.n_maps) >= 1 and all(int(k) >= 1 for k in self.n_maps),
               f"n_maps must list at least one positive map count per layer, got {self.n_maps}")
@@ -150,7 +162,10 @@ class DeconvNet(nn.Module):
         check(self.solver in ("paper", "admm"), f"unknown solver {self.solver!r}; use paper or admm")
         check(self.solver == "paper" or self.p == 1, "the admm solver handles p = 1 only; use solver=paper "
               "for p < 1")
-        check(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
+        check(all(e >= 1 for e in self.epochs_per_layer()) and self.batch_size >= 1,
+              "epochs (each layer's) and batch_size must be >= 1")
+        check(self.admm_warm_iters is None or int(self.admm_warm_iters) >= 1,
+              f"admm_warm_iters must be >= 1 (or None for admm_iters), got {self.admm_warm_iters}")
         if X is not None:
             check(X.dim() == 4, f"expected images shaped (N, C, H, W), got shape {tuple(X.shape)}")
             check(X.shape[-1] >= self.filter_size and X.shape[-2] >= self.filter_size,
@@ -188,7 +203,7 @@ class DeconvNet(nn.Module):
         return csc.LowFrequency(self.n_channels_, self.filter_size, self.z0_alpha, device=device)
 
     # ------------------------------------------------------------------ inference
-    def _solve(self, op, y, lambda_, *, z_init=None, low=None, z0_init=None, record=False):
+    def _solve(self, op, y, lambda_, *, z_init=None, low=None, z0_init=None, record=False, iters=None):
         """One sparse-coding problem with the configured solver: returns (sparse maps, z0, history)."""
         if self.solver == "paper" or self.p != 1:
             res = csc.solve_continuation(op, y, lambda_=lambda_, p=self.p, beta0=self.beta0,
@@ -197,7 +212,8 @@ class DeconvNet(nn.Module):
                                          record=record)
             return res.x, res.z0, res.history
         if low is None:
-            x, hist = csc.solve_admm(op, y, lambda_=lambda_, iters=self.admm_iters, z_init=z_init, record=record)
+            x, hist = csc.solve_admm(op, y, lambda_=lambda_, iters=iters or self.admm_iters, z_init=z_init,
+                                     record=record)
             return x, None, hist
         # block coordinate descent on the same convex objective: z0 by CG, sparse maps by ADMM
         N = y.shape[0]
@@ -283,40 +299,44 @@ class DeconvNet(nn.Module):
         return self
 
     def fit_layer(self, l: int, inputs: torch.Tensor, callback=None) -> torch.Tensor:
-        """Algorithm 1 for layer l on its inputs (images or the maps below); returns this layer's maps."""
+        """Algorithm 1 for layer l on its inputs (images or the maps below); returns this layer's maps.
+
+        Each epoch infers the maps of every image (lines 3-10; in chunks of ``batch_size`` images, each image's
+        maps warm-started from the previous epoch, line 1 keeps them between epochs), then updates the filters
+        once on the whole set (line 11: eq. 9 summed over all images i)."""
         from tqdm.auto import tqdm
 
         layer = self.layers[l]
         lam = self.lambdas()[l]
-        gen = torch.Generator().manual_seed(self.random_state + 101 * l)
         N = inputs.shape[0]
-        nb = math.ceil(N / self.batch_size)
-        bar = tqdm(total=self.epochs * nb, desc=f"layer {l + 1}", disable=not self.progress, leave=False)
-        for epoch in range(self.epochs):
-            order = torch.randperm(N, generator=gen)
-            tot_obj, tot_nnz, tot_n = 0.0, 0.0, 0
+        bs = self.batch_size
+        nb = math.ceil(N / bs)
+        maps = None
+        epochs = self.epochs_per_layer()[l]
+        bar = tqdm(total=epochs, desc=f"layer {l + 1}", disable=not self.progress, leave=False)
+
+        def infer_all(maps):
+            outs = []
             for b in range(nb):
-                idx = order[b * self.batch_size:(b + 1) * self.batch_size].to(inputs.device)
-                yb = inputs[idx]
-                x, _, _ = self._solve(layer.op(), yb, lam)                                 # lines 4-9
-                rec = layer.update_filters(x, yb, lam, self.filter_steps)                 # line 11, eq. 9
-                obj = float(csc.objective(layer.op(), yb, x, lambda_=lam, p=self.p).sum())
-                tot_obj += obj
-                tot_nnz += float((x != 0).float().mean()) * len(idx)
-                tot_n += len(idx)
-                bar.update(1)
-                bar.set_postfix(objective=f"{tot_obj / tot_n:.4g}", recon=f"{rec:.3g}")
-            rec_ = {"layer": l + 1, "epoch": epoch + 1, "objective": tot_obj / tot_n, "nonzero": tot_nnz / tot_n}
+                z_init = None if maps is None else maps[b * bs:(b + 1) * bs]
+                iters = None if maps is None else self.admm_warm_iters
+                outs.append(self._solve(layer.op(), inputs[b * bs:(b + 1) * bs], lam, z_init=z_init, iters=iters)[0])
+            return torch.cat(outs)
+
+        for epoch in range(epochs):
+            maps = infer_all(maps)                                                        # lines 3-10
+            rec = layer.update_filters(maps, inputs, lam, self.filter_steps)              # line 11, eq. 9
+            obj = float(csc.objective(layer.op(), inputs, maps, lambda_=lam, p=self.p).sum())
+            rec_ = {"layer": l + 1, "epoch": epoch + 1, "objective": obj / N,
+                    "nonzero": float((maps != 0).float().mean()), "reconstruction": rec}
             self.history_.append(rec_)
+            bar.update(1)
+            bar.set_postfix(objective=f"{obj / N:.4g}", recon=f"{rec:.3g}")
             if callback is not None:
                 callback(rec_)
         bar.close()
         # maps of the whole set with the final filters, and each map's firing statistics (§4.1 sampling)
-        outs = []
-        for b in range(nb):
-            yb = inputs[b * self.batch_size:(b + 1) * self.batch_size]
-            outs.append(self._solve(layer.op(), yb, lam)[0])
-        maps = torch.cat(outs)
+        maps = infer_all(maps)
         nz = (maps != 0).float()
         layer.firing.copy_(nz.mean(dim=(0, 2, 3)))
         layer.amplitude.copy_(maps.abs().sum(dim=(0, 2, 3)) / nz.sum(dim=(0, 2, 3)).clamp(min=1))

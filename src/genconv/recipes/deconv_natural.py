@@ -23,7 +23,8 @@ PAPER = {"denoise_snr_in_db": 13.84, "denoise_layer1_db": 16.31, "denoise_layer2
 
 # ------------------------------------------------------------------------------------------ data
 def training_crops(data: dict, generator: torch.Generator) -> torch.Tensor:
-    """Random crops of the (whitened) training photographs, scaled to ``image_std``."""
+    """Random crops of the (whitened / high-passed) training photographs, scaled to ``image_std`` (over the
+    whole set by default, ``data.normalize = "set"``; per crop with ``"crop"``)."""
     from genconv.data import load_images, preprocess
 
     images = [preprocess.to_gray(im) for im in load_images(data.get("name", "natural"), data.get("split", "train"))]
@@ -36,8 +37,15 @@ def training_crops(data: dict, generator: torch.Generator) -> torch.Tensor:
     else:
         raise UserError(f"data.preprocess = {pre!r}: use whiten or highpass")
     X = preprocess.random_crops(images, int(data["crop_size"]), int(data["n_crops"]), generator)
-    X = preprocess.normalize_per_image(X) * float(data.get("image_std", 1.0))
-    return X
+    norm = data.get("normalize", "set")
+    if norm == "crop":                       # unit std per crop: flat crops (sky, walls) get their noise amplified
+        X = preprocess.normalize_per_image(X)
+    elif norm == "set":                      # zero mean per crop, one scale for the whole set: flat crops stay flat
+        X = X - X.mean(dim=(1, 2, 3), keepdim=True)
+        X = X / X.std().clamp(min=1e-12)
+    else:
+        raise UserError(f"data.normalize = {norm!r}: use set or crop")
+    return X * float(data.get("image_std", 1.0))
 
 
 def snr_db(clean: torch.Tensor, estimate: torch.Tensor) -> float:
@@ -128,7 +136,6 @@ def calibration_image(size: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ run
 def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
     from genconv.device import seed_everything
-    from genconv.inference import csc
     from genconv.models.deconvnet import DeconvNet
 
     if int(config.get("threads", 0)) > 0:
