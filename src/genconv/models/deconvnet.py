@@ -138,19 +138,18 @@ class DeconvNet(nn.Module):
             setattr(self, k, v)
         return self
 
-    def lambdas(self) -> list[float]:
-        lam = self.lambda_
-        lams = list(lam) if isinstance(lam, (list, tuple)) else [lam] * len(self.n_maps)
-        check(len(lams) == len(self.n_maps), f"lambda_ has {len(lams)} values for {len(self.n_maps)} layers; "
+    def _per_layer(self, name: str, value) -> list:
+        """One value for every layer, or one per layer (checked)."""
+        vals = list(value) if isinstance(value, (list, tuple)) else [value] * len(self.n_maps)
+        check(len(vals) == len(self.n_maps), f"{name} has {len(vals)} values for {len(self.n_maps)} layers; "
               "give one value or one per layer")
-        return [float(v) for v in lams]
+        return vals
+
+    def lambdas(self) -> list[float]:
+        return [float(v) for v in self._per_layer("lambda_", self.lambda_)]
 
     def epochs_per_layer(self) -> list[int]:
-        ep = self.epochs
-        eps = list(ep) if isinstance(ep, (list, tuple)) else [ep] * len(self.n_maps)
-        check(len(eps) == len(self.n_maps), f"epochs has {len(eps)} values for {len(self.n_maps)} layers; "
-              "give one value or one per layer")
-        return [int(e) for e in eps]
+        return [int(e) for e in self._per_layer("epochs", self.epochs)]
 
     def _validate(self, X: torch.Tensor | None = None):
         check(len(self.n_maps) >= 1 and all(int(k) >= 1 for k in self.n_maps),
