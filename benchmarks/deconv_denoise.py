@@ -2,21 +2,25 @@
 
 Test images: 256x256 centre crops of the held-out ``natural`` test photographs (camera, moon, coins), Gaussian noise
 giving input SNR 13.84 dB (zero-mean clean image, SNR = 10 log10(||x||^2 / ||x - y||^2)), one seed per image.
-Every method gets the true noise sigma; every free setting is chosen on a *validation* crop of a training photograph
-(astronaut) at the same input SNR -- never on a test image.
+Every method gets the true noise sigma; every fixed setting is chosen by the mean output SNR on *validation* crops of
+three training photographs (astronaut 128^2, chelsea and coffee 256^2) at the same input SNR -- never on a test image.
 
 Methods:
 - ``genconv-layer1`` / ``genconv-layer2``: a trained deconvnet run (``--model``, default runs/deconv-natural; trained
   with the recipe if missing), z0 low-frequency maps + sparse maps, threshold tau (in noise stds) and z0 prior chosen
-  on validation;
-  layer 2 reconstructs through both layers (eq. 10-12).
+  on validation; layer 2 reconstructs through both layers (eq. 10-12).
+- ``genconv-layer1-sure``: layer 1 with tau and the z0 prior chosen *per test image* by Monte-Carlo SURE
+  (:mod:`genconv.evaluation.sure`; uses the noisy image and sigma only, never the clean one) -- ``genconv denoise
+  --sure``.
 - ``sklearn-patch``: MiniBatchDictionaryLearning (100 atoms, 8x8, mean-removed patches of the training photographs) +
   OMP, overlapping patches averaged (scikit-learn's image-denoising recipe); number of atoms per patch chosen on validation.
 - ``sporco-csc``: SPORCO ConvBPDN with its 32 8x8 dictionary on the high-passed noisy image (Tikhonov low-pass added
   back); lambda = c * sigma with c chosen on validation.
+- ``sporco-csc-sure`` (supplement, so the comparison with genconv-layer1-sure is like for like): SPORCO with c chosen
+  per test image by the same Monte-Carlo SURE.
 - ``bm3d``: the ``bm3d`` package with the true sigma.
 
-Also the sparsity / reconstruction trade-off (Fig. 6) on the validation crop: mean fraction of non-zero coefficients
+Also the sparsity / reconstruction trade-off (Fig. 6) on the astronaut validation crop: mean fraction of non-zero coefficients
 against RMS reconstruction error while varying lambda, for layer 1, layer 2 and the patch decomposition.
 
 Writes benchmarks/results/deconv_denoise.json, deconv_sparsity.json and deconv_sparsity.png; prints markdown tables.
@@ -40,22 +44,36 @@ from genconv.recipes.deconv_natural import noise_for_snr, snr_db  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SNR_IN = 13.84
+TAU_GRID = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5)   # layer-1 threshold, in noise stds
+TAU2_GRID = (0.25, 0.5, 1.0, 1.5, 2.0)              # layer 2 (its lambda acts on the image error)
+Z0_GRID = (0.2, 0.5)                                # z0 gradient prior relative to lambda_1
+SPORCO_GRID = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)   # SPORCO lambda / sigma
 PAPER = {"genconv-layer1": 16.31, "genconv-layer2": 18.01}
 
 
+def centre(im, size):
+    """The central size x size crop of a photograph, grayscale, float64."""
+    from genconv.data import preprocess
+    im = preprocess.to_gray(im).double()
+    H, W = im.shape[-2:]
+    s = min(size, H, W)
+    return im[0, (H - s) // 2:(H - s) // 2 + s, (W - s) // 2:(W - s) // 2 + s]
+
+
 def crops(size):
-    from genconv.data import load_images, preprocess
+    """The held-out test photographs (camera, moon, coins)."""
+    from genconv.data import load_images
     from genconv.data.catalog import NATURAL_TEST
+    return {name: centre(im, size) for name, im in zip(NATURAL_TEST, load_images("natural", "test"))}
 
-    def centre(im):
-        im = preprocess.to_gray(im).double()
-        H, W = im.shape[-2:]
-        s = min(size, H, W)
-        return im[0, (H - s) // 2:(H - s) // 2 + s, (W - s) // 2:(W - s) // 2 + s]
 
-    test = {name: centre(im) for name, im in zip(NATURAL_TEST, load_images("natural", "test"))}
-    valid = centre(load_images("natural", "train")[0])          # astronaut: a training photograph
-    return test, valid
+def validation_crops(size):
+    """Centre crops of three *training* photographs (astronaut at ``size``, chelsea and coffee at twice that):
+    every free setting is chosen on these, by the mean output SNR."""
+    from genconv.data import load_images
+    train = load_images("natural", "train")
+    return {"astronaut": centre(train[0], size), "chelsea": centre(train[1], 2 * size),
+            "coffee": centre(train[2], 2 * size)}
 
 
 def noisy_of(clean, seed):
@@ -78,6 +96,17 @@ class GenconvDN:
         tau = self.tau if tau is None else tau
         y = noisy.float()[None, None]
         return self.model.denoise(y, sigma, n_layers=layers, tau=tau, z0_alpha=self.z0_alpha)[0, 0].double()
+
+    def sure(self, noisy, sigma):
+        """Layer 1 with tau and the z0 prior chosen for this image by Monte-Carlo SURE (no clean image used)."""
+        y = noisy.float()[None, None]
+        best = None
+        for za in Z0_GRID:
+            est, t, risks = self.model.denoise_sure(y, sigma, 1, self.tau, z0_alpha=za, grid=TAU_GRID)
+            if best is None or risks[t] < best[0]:
+                best = (risks[t], est, t, za)
+        self.last_choice = {"tau": best[2], "z0_alpha": best[3]}
+        return best[1][0, 0].double()
 
 
 class PatchDictionary:
@@ -133,6 +162,13 @@ class SporcoCSC:
         b.solve()
         return torch.from_numpy(np.asarray(b.reconstruct()).squeeze() + sl)
 
+    def sure(self, noisy, sigma):
+        """Supplement: lambda / sigma chosen for this image by Monte-Carlo SURE, as genconv-layer1-sure does."""
+        from genconv.evaluation.sure import choose_by_sure
+        c, est, _ = choose_by_sure(lambda c: (lambda v: self(v, sigma, c)), SPORCO_GRID[1:-1], noisy, sigma)
+        self.last_choice = {"lambda_over_sigma": c}
+        return est
+
 
 def bm3d_denoise(noisy, sigma):
     import bm3d
@@ -166,25 +202,28 @@ def main(argv=None):
         return
     torch.set_num_threads(args.threads)
     run = ensure_model(Path(args.model))
-    test, _ = crops(args.size)
-    _, valid = crops(args.valid_size)
-    vnoisy, vsigma = noisy_of(valid, 1000)
+    test = crops(args.size)
+    valid = validation_crops(args.valid_size)
+    vnoisy = {k: noisy_of(v, 1000 + i) for i, (k, v) in enumerate(valid.items())}
 
-    # ---- choose settings on the validation crop
+    def vscore(fn):
+        """Mean output SNR of ``fn(noisy, sigma)`` over the validation crops."""
+        return float(np.mean([snr_db(valid[k], fn(*vnoisy[k])) for k in valid]))
+
+    # ---- choose settings on the validation crops
     chosen = {}
     dn = GenconvDN(run)
     L = len(dn.model.layers)
     scores = []
-    for za in (0.2, 0.5):                   # z0 gradient prior (relative to lambda_1) and tau of layer 1
+    for za in Z0_GRID:                      # z0 gradient prior (relative to lambda_1) and tau of layer 1
         dn.z0_alpha = za
-        scores += [(snr_db(valid, dn(vnoisy, vsigma, 1, [t] * L)), t, za) for t in (1.0, 1.25, 1.5, 1.75, 2.0, 2.5)]
+        scores += [(vscore(lambda n, s: dn(n, s, 1, [t] * L)), t, za) for t in TAU_GRID]
     best1 = max(scores)
     dn.z0_alpha = best1[2]
     chosen["genconv_z0_alpha"] = best1[2]
     tau = [best1[1]] * L
     if L >= 2:
-        best2 = max((snr_db(valid, dn(vnoisy, vsigma, 2, [tau[0], t] + [t] * (L - 2))), t)
-                    for t in (0.25, 0.5, 1.0, 1.5, 2.0))
+        best2 = max((vscore(lambda n, s: dn(n, s, 2, [tau[0], t] + [t] * (L - 2))), t) for t in TAU2_GRID)
         tau = [tau[0], best2[1]] + [best2[1]] * (L - 2)
     dn.tau = tau
     chosen["genconv_tau"] = tau
@@ -192,21 +231,23 @@ def main(argv=None):
     if L >= 2:
         chosen["validation_snr_out_db"]["genconv-layer2"] = best2[0]
     patch = PatchDictionary()
-    best_p = max((snr_db(valid, patch(vnoisy, vsigma, n)), n) for n in (1, 2, 3, 4, 6))
+    best_p = max((vscore(lambda n, s: patch(n, s, k)), k) for k in (1, 2, 3, 4, 6))
     patch.n_nonzero = best_p[1]
     chosen["sklearn_n_nonzero"] = patch.n_nonzero
     chosen["validation_snr_out_db"]["sklearn-patch"] = best_p[0]
     sp = SporcoCSC()
-    best_s = max((snr_db(valid, sp(vnoisy, vsigma, c)), c) for c in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0))
+    best_s = max((vscore(lambda n, s: sp(n, s, c)), c) for c in SPORCO_GRID)
     sp.c = best_s[1]
     chosen["sporco_lambda_over_sigma"] = sp.c
     chosen["validation_snr_out_db"]["sporco-csc"] = best_s[0]
-    print("settings chosen on the validation crop (astronaut):", chosen)
+    chosen["validation_images"] = {k: list(v.shape) for k, v in valid.items()}
+    print("settings chosen on the validation crops (mean output SNR):", chosen)
 
     methods = {"genconv-layer1": lambda n, s: dn(n, s, 1)}
     if L >= 2:
         methods["genconv-layer2"] = lambda n, s: dn(n, s, 2)
-    methods.update({"sklearn-patch": patch, "sporco-csc": sp, "bm3d": bm3d_denoise})
+    methods["genconv-layer1-sure"] = lambda n, s: dn.sure(n, s)
+    methods.update({"sklearn-patch": patch, "sporco-csc": sp, "sporco-csc-sure": sp.sure, "bm3d": bm3d_denoise})
 
     out = {"snr_in_target_db": SNR_IN, "size": args.size, "model": str(run), "chosen_on_validation": chosen,
            "paper": PAPER, "images": {}}
@@ -219,6 +260,8 @@ def main(argv=None):
             est = fn(noisy, sigma)
             dt = time.perf_counter() - t
             out["images"][name][m] = {"snr_in_db": s_in, "snr_out_db": snr_db(clean, est), "seconds": dt}
+            if m.endswith("-sure"):
+                out["images"][name][m]["chosen_by_sure"] = (dn if m.startswith("genconv") else sp).last_choice
             print(f"{name:8s} {m:15s} in {s_in:.2f} dB  out {out['images'][name][m]['snr_out_db']:.2f} dB  {dt:.1f} s",
                   flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -229,9 +272,10 @@ def main(argv=None):
     for name, r in out["images"].items():
         print(f"| {name} | {r[next(iter(methods))]['snr_in_db']:.2f} | " +
               " | ".join(f"{r[m]['snr_out_db']:.2f}" for m in methods) + " |")
-    print(f"| paper (Zeiler et al., their images) | 13.84 | 16.31 | 18.01 | - | - | - |")
+    print("| paper (Zeiler et al., their images) | 13.84 | " +
+          " | ".join(str(PAPER.get(m, "-")) for m in methods) + " |")
 
-    sparsity_curve(dn, patch, valid, vnoisy, vsigma)
+    sparsity_curve(dn, patch, valid["astronaut"], *vnoisy["astronaut"])
 
 
 def sparsity_curve(dn, patch, clean, noisy, sigma):

@@ -273,6 +273,24 @@ def test_denoise_cli_on_tiny_image(tiny_run, tmp_path, capsys):
     assert 5 < snr_in < 30
 
 
+def test_denoise_sure_returns_the_estimate_of_the_chosen_tau(tiny_run, tmp_path, capsys):
+    m = DeconvNet.load(tiny_run)
+    g = torch.Generator().manual_seed(3)
+    clean = _images(n=1, size=20)
+    y = clean + 0.1 * torch.randn(clean.shape, generator=g)
+    est, best, risks = m.denoise_sure(y, 0.1, n_layers=1, tau=[1.0, 1.0], grid=(0.5, 1.0, 2.0))
+    assert set(risks) == {0.5, 1.0, 2.0} and risks[best] == min(risks.values())
+    assert torch.allclose(est, m.denoise(y, 0.1, n_layers=1, tau=[best, 1.0]))
+    _png(tmp_path / "noisy.png", np.clip(y[0, 0].numpy(), 0, 1))
+    code, stdout, err = _cli(["denoise", str(tmp_path / "noisy.png"), "--model", str(tiny_run), "--out",
+                              str(tmp_path / "o.png"), "--sure", "--sigma", "0.1", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "tau chosen by SURE" in stdout and (tmp_path / "o.png").exists()
+    code, _, err = _cli(["denoise", str(tmp_path / "noisy.png"), "--model", str(tiny_run), "--out",
+                         str(tmp_path / "o2.png"), "--sure", "--tau", "1", "--device", "cpu"], capsys)
+    assert code == 2 and "not both" in err and not (tmp_path / "o2.png").exists()
+
+
 def test_show_and_sample_cli(tiny_run, tmp_path, capsys):
     code, _, err = _cli(["deconv-show", "--model", str(tiny_run), "--out", str(tmp_path / "fig"), "--device", "cpu"],
                         capsys)

@@ -152,8 +152,10 @@ def train_deconv(data_name, split, out, maps, filter_size, lambda_, p, epochs, c
 @click.option("--layers", default=1, show_default=True, type=int, help="reconstruct from this layer (1 or 2, eq. 12)")
 @click.option("--sigma", default=None, type=float, help="noise std in [0,1] units (default: estimated)")
 @click.option("--tau", default=None, type=float, help="threshold in noise stds (default: the model's calibrated one)")
+@click.option("--sure", is_flag=True, help="choose the top layer's threshold for this image by Stein's unbiased risk "
+              "estimate (Monte-Carlo SURE; no clean image used; ~14 denoising runs)")
 @click.option("--device", default="auto", show_default=True)
-def denoise_cmd(image, run, clean, out, layers, sigma, tau, device):
+def denoise_cmd(image, run, clean, out, layers, sigma, tau, sure, device):
     """Denoise IMAGE with a trained Deconvolutional Network (§4.4); print SNR in/out when --clean is given."""
     from genconv.device import resolve_device
     from genconv.io import load_checkpoint
@@ -181,7 +183,14 @@ def denoise_cmd(image, run, clean, out, layers, sigma, tau, device):
     dn = meta.get("denoise", {})
     taus = [tau] * len(model.layers) if tau is not None else dn.get("tau", [1.5])
     check(all(t > 0 for t in taus), f"--tau must be > 0, got {tau}")
-    est = model.denoise(y.to(dev), sigma, n_layers=layers, tau=taus, z0_alpha=dn.get("z0_alpha", 0.5)).cpu()
+    check(not (sure and tau is not None), "give --tau or --sure, not both: --sure chooses tau itself")
+    if sure:
+        est, best, _ = model.denoise_sure(y.to(dev), sigma, n_layers=layers, tau=taus,
+                                          z0_alpha=dn.get("z0_alpha", 0.5))
+        click.echo(f"tau chosen by SURE: {best} (layer {layers})")
+        est = est.cpu()
+    else:
+        est = model.denoise(y.to(dev), sigma, n_layers=layers, tau=taus, z0_alpha=dn.get("z0_alpha", 0.5)).cpu()
     write_image(out, est)
     if ref is not None:
         click.echo(f"SNR in  {snr_db(ref, y):.2f} dB")

@@ -283,6 +283,23 @@ class DeconvNet(nn.Module):
         finally:
             self.lambda_, self.z0_alpha = saved
 
+    @torch.no_grad()
+    def denoise_sure(self, y: torch.Tensor, sigma: float, n_layers: int = 1, tau=(1.5, 1.5),
+                     z0_alpha: float = 0.5, grid=(1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5), seed: int = 0):
+        """:meth:`denoise` with the top layer's threshold tau_{n_layers} chosen per image from ``grid`` by
+        Monte-Carlo SURE (:mod:`genconv.evaluation.sure`): no clean image needed. Lower layers keep ``tau``.
+        Returns (estimate, chosen tau, {tau: SURE per pixel})."""
+        from genconv.evaluation.sure import choose_by_sure
+        tau = list(tau) if isinstance(tau, (list, tuple)) else [tau]
+        tau = (tau + [tau[-1]] * len(self.layers))[:len(self.layers)]
+
+        def make(t):
+            taus = tau[:n_layers - 1] + [t] + tau[n_layers:]
+            return lambda v: self.denoise(v, sigma, n_layers=n_layers, tau=taus, z0_alpha=z0_alpha)
+
+        best, est, risks = choose_by_sure(make, grid, y, sigma, seed=seed)
+        return est, best, risks
+
     # ------------------------------------------------------------------ learning (Algorithm 1)
     def fit(self, X, y=None):
         X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X, dtype=torch.float32)
