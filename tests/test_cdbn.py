@@ -430,7 +430,7 @@ def test_bad_layer_settings_refused_before_anything_is_written(digits, tmp_path,
 @pytest.mark.parametrize("setting,message", [
     ({"batch_size": 0}, r"batch_size must be a positive integer"),
     ({"epochs": -1}, r"epochs must be >= 0"),
-    ({"epochs": [1, 1, 1]}, r"epochs has 3 entries for 2 layers"),
+    ({"epochs": [1, 1, 1]}, r"epochs has 3 values for 2 layers"),
     ({"layers": []}, r"a CDBN needs at least one layer"),
     ({"layers": ["n_bases=4"]}, r"each layer must be a dict of CRBM settings"),
     ({"device": "tpu:7"}, r"unknown device 'tpu:7'"),

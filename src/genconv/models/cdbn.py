@@ -27,6 +27,7 @@ from genconv import __version__
 from genconv.device import resolve_device
 from genconv.errors import UserError, check
 from genconv.io import check_shapes, load_checkpoint, save_checkpoint
+from genconv.models import per_layer
 from genconv.models.crbm import CRBM, CRBMParams
 from genconv.ops.conv import conv_full
 
@@ -252,9 +253,7 @@ class CDBN(TransformerMixin, BaseEstimator):
         return [_as_params(spec).validate() for spec in self.layers]
 
     def _epochs(self) -> list[int]:
-        L = len(self.layers)
-        e = list(self.epochs) if isinstance(self.epochs, (list, tuple)) else [self.epochs] * L
-        check(len(e) == L, f"epochs has {len(e)} entries for {L} layers")
+        e = per_layer("epochs", self.epochs, len(self.layers))
         check(all(int(x) >= 0 for x in e), f"epochs must be >= 0, got {e}")
         return [int(x) for x in e]
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from genconv.errors import UserError, check
 from genconv.inference import csc
+from genconv.models import per_layer
 
 KIND = "deconvnet"
 
@@ -139,11 +140,7 @@ class DeconvNet(nn.Module):
         return self
 
     def _per_layer(self, name: str, value) -> list:
-        """One value for every layer, or one per layer (checked)."""
-        vals = list(value) if isinstance(value, (list, tuple)) else [value] * len(self.n_maps)
-        check(len(vals) == len(self.n_maps), f"{name} has {len(vals)} values for {len(self.n_maps)} layers; "
-              "give one value or one per layer")
-        return vals
+        return per_layer(name, value, len(self.n_maps))
 
     def lambdas(self) -> list[float]:
         return [float(v) for v in self._per_layer("lambda_", self.lambda_)]
