@@ -423,3 +423,18 @@ def test_training_crops_scale_whole_set_or_each_crop():
     assert torch.allclose(Xc.flatten(1).std(1), torch.full((6,), 0.5, dtype=torch.float64), atol=1e-3)
     with pytest.raises(UserError, match="data.normalize"):
         training_crops({**data, "normalize": "bogus"}, torch.Generator().manual_seed(0))
+
+
+def test_train_deconv_cli_takes_per_layer_settings_and_refuses_bad_lists(tmp_path, capsys, monkeypatch):
+    from genconv import recipes
+    seen = {}
+    monkeypatch.setattr(recipes, "runner", lambda config: lambda c, out, **kw: seen.update(c))
+    code, _, err = _cli(["train", "deconv", "--out", str(tmp_path / "r"), "--maps", "4,6", "--lambda", "1,5",
+                         "--epochs", "3,2", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert seen["model"]["n_maps"] == [4, 6] and seen["model"]["lambda_"] == [1.0, 5.0]
+    assert seen["model"]["epochs"] == [3, 2]
+    code, _, err = _cli(["train", "deconv", "--out", str(tmp_path / "r2"), "--lambda", "one", "--device", "cpu"],
+                        capsys)
+    assert code == 2 and "--lambda 'one': expected comma-separated floats" in err
+    assert not (tmp_path / "r2").exists()

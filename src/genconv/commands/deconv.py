@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from genconv.cli import cli, train
-from genconv.errors import UserError, check
+from genconv.errors import check
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -110,11 +110,13 @@ def sample(run, out, n: int = 4, size: int = 64, layer: int | None = None, seed:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run folder to write")
 @click.option("--maps", default="9,45", show_default=True, help="feature maps per layer, e.g. 9,45,150")
 @click.option("--filter-size", default=7, show_default=True, type=int)
-@click.option("--lambda", "lambda_", default=1.0, show_default=True, type=float)
+@click.option("--lambda", "lambda_", default="1,5", show_default=True,
+              help="sparsity weight, one value or one per layer (the recipe's layer 2 needs 5, see deconv-natural)")
 @click.option("--p", default=1.0, show_default=True, type=float)
-@click.option("--epochs", default=15, show_default=True, type=int, help="E; one filter update per epoch")
+@click.option("--epochs", default="30,8", show_default=True,
+              help="E, one value or one per layer; one filter update per epoch")
 @click.option("--crop-size", default=100, show_default=True, type=int)
-@click.option("--n-crops", default=64, show_default=True, type=int)
+@click.option("--n-crops", default=128, show_default=True, type=int)
 @click.option("--image-std", default=0.18, show_default=True, type=float,
               help="std of the preprocessed crops (whole set): the sparsity against lambda")
 @click.option("--solver", type=click.Choice(["paper", "admm"]), default="admm", show_default=True)
@@ -129,19 +131,29 @@ def train_deconv(data_name, split, out, maps, filter_size, lambda_, p, epochs, c
     from genconv import recipes
     from genconv.device import resolve_device
 
-    try:
-        n_maps = [int(k) for k in maps.split(",") if k.strip()]
-    except ValueError:
-        raise UserError(f"--maps {maps!r}: expected comma-separated integers, e.g. 9,45") from None
+    n_maps = _numbers("--maps", maps, int, "9,45")
+    lambda_ = _numbers("--lambda", lambda_, float, "1,5")
+    epochs = _numbers("--epochs", epochs, int, "30,8")
     config = recipes.load_recipe("deconv-natural")
     config["data"].update({"name": data_name, "split": split, "crop_size": crop_size, "n_crops": n_crops,
                            "image_std": image_std})
-    config["model"].update({"n_maps": n_maps, "filter_size": filter_size, "lambda_": lambda_, "p": p,
-                            "epochs": epochs, "solver": solver, "beta0": beta0, "beta_inc": beta_inc,
+    config["model"].update({"n_maps": n_maps, "filter_size": filter_size,
+                            "lambda_": lambda_[0] if len(lambda_) == 1 else lambda_, "p": p,
+                            "epochs": epochs[0] if len(epochs) == 1 else epochs, "solver": solver, "beta0": beta0, "beta_inc": beta_inc,
                             "beta_max": beta_max})
     config["denoise"]["calibrate"] = False
     fn = recipes.runner(config)
     fn(config, Path(out), device=resolve_device(device), seed=seed, quick=False)
+
+
+def _numbers(option, text, kind, example):
+    """A comma-separated list of numbers from the command line (one per layer, or one for all)."""
+    try:
+        vals = [kind(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        vals = []
+    check(len(vals) > 0, f"{option} {text!r}: expected comma-separated {kind.__name__}s, e.g. {example}")
+    return vals
 
 
 @cli.command("denoise")
