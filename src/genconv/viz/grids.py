@@ -66,8 +66,13 @@ def filter_grid(W: torch.Tensor, path, title: str | None = None, ncol: int | Non
     canvas = _tile(imgs, ncol, normalize=normalize)
     plt = _plt()
     h, w = canvas.shape[:2]
-    fig = plt.figure(figsize=(max(2.0, w * scale / 4), max(2.0, h * scale / 4)))
-    ax = fig.add_axes([0, 0, 1, 0.93 if title else 1])
+    # inches: the figure keeps the canvas' aspect (a single row of filters is a strip, not a square with white
+    # bands), at least 2 in wide and 0.8 in tall
+    width = max(2.0, w * scale / 4, 0.8 * w / h)
+    height = width * h / w
+    top = 0.3 if title else 0.0                       # inches kept for the title
+    fig = plt.figure(figsize=(width, height + top))
+    ax = fig.add_axes([0, 0, 1, height / (height + top)])
     ax.imshow(canvas, cmap=None if canvas.ndim == 3 else "gray", interpolation="nearest")
     ax.axis("off")
     if title:
