@@ -438,3 +438,51 @@ def test_train_deconv_cli_takes_per_layer_settings_and_refuses_bad_lists(tmp_pat
                         capsys)
     assert code == 2 and "--lambda 'one': expected comma-separated floats" in err
     assert not (tmp_path / "r2").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop", [(1, 1), (1, 2), (2, 1)])
+def test_resume_after_interruption_reaches_the_uninterrupted_filters(stop, tmp_path):
+    X = _images(n=3, size=12)
+    kw = dict(n_maps=(3, 4), filter_size=3, epochs=[2, 2], batch_size=2, random_state=0)
+    full = DeconvNet(**kw).fit(X)
+
+    def stop_at(rec):
+        if (rec["layer"], rec["epoch"]) == stop:
+            raise _Stop
+    with pytest.raises(_Stop):
+        DeconvNet(**kw).fit(X, run_dir=tmp_path, callback=stop_at)
+    resumed = DeconvNet(**kw).fit(X, run_dir=tmp_path, resume=True)
+    for a, b in zip(full.layers, resumed.layers):
+        assert torch.equal(a.W, b.W) and torch.equal(a.firing, b.firing) and torch.equal(a.amplitude, b.amplitude)
+    assert [h["objective"] for h in resumed.history_] == [h["objective"] for h in full.history_]
+
+
+def test_resume_refuses_other_settings_and_finished_models(tmp_path):
+    X = _images(n=2, size=12)
+    kw = dict(n_maps=(3,), filter_size=3, epochs=2, batch_size=2)
+
+    def stop_at(rec):
+        raise _Stop
+    with pytest.raises(_Stop):
+        DeconvNet(**kw).fit(X, run_dir=tmp_path, callback=stop_at)
+    with pytest.raises(UserError, match=r"was trained with n_maps = \[3\], not \[4\]"):
+        DeconvNet(**{**kw, "n_maps": (4,)}).fit(X, run_dir=tmp_path, resume=True)
+    DeconvNet(**kw).fit(X, run_dir=tmp_path, resume=True).save(tmp_path)
+    with pytest.raises(UserError, match="finished training"):
+        DeconvNet(**kw).fit(X, run_dir=tmp_path, resume=True)
+
+
+def test_recipe_resume_needs_a_checkpoint_and_a_rerun_needs_resume(tmp_path, capsys):
+    base = ["run", "deconv-natural", "--quick", "--device", "cpu", "--set", "data.crop_size=16", "--set",
+            "data.n_crops=2", "--set", "model.n_maps=[2,3]", "--set", "model.filter_size=5", "--set",
+            "denoise.calibrate_size=20", "--set", "denoise.tau_grid=[1.0]"]
+    code, _, err = _cli(base + ["--out", str(tmp_path / "r"), "--resume"], capsys)
+    assert code == 2 and "holds no checkpoint to continue" in err
+    code, _, err = _cli(base + ["--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    code, _, err = _cli(base + ["--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "already holds a model; pass --resume" in err

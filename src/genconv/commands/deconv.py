@@ -125,8 +125,9 @@ def sample(run, out, n: int = 4, size: int = 64, layer: int | None = None, seed:
 @click.option("--beta-max", default=1e5, show_default=True, type=float)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="continue a killed run in --out from its last checkpoint (same options)")
 def train_deconv(data_name, split, out, maps, filter_size, lambda_, p, epochs, crop_size, n_crops, image_std, solver,
-                 beta0, beta_inc, beta_max, device, seed):
+                 beta0, beta_inc, beta_max, device, seed, resume):
     """Learn a Deconvolutional Network (Zeiler et al. 2010) layer by layer on whitened crops."""
     from genconv import recipes
     from genconv.device import resolve_device
@@ -142,6 +143,7 @@ def train_deconv(data_name, split, out, maps, filter_size, lambda_, p, epochs, c
                             "epochs": epochs[0] if len(epochs) == 1 else epochs, "solver": solver, "beta0": beta0, "beta_inc": beta_inc,
                             "beta_max": beta_max})
     config["denoise"]["calibrate"] = False
+    config["recipe"]["resume"] = resume
     fn = recipes.runner(config)
     fn(config, Path(out), device=resolve_device(device), seed=seed, quick=False)
 

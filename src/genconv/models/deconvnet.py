@@ -16,7 +16,9 @@ top-layer maps (or, with ``pooled=True``, |maps| average-pooled, 001 §4.3 footn
 """
 from __future__ import annotations
 
+import json
 import math
+import time
 from typing import Sequence
 
 import numpy as np
@@ -298,25 +300,75 @@ class DeconvNet(nn.Module):
         return est, best, risks
 
     # ------------------------------------------------------------------ learning (Algorithm 1)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, run_dir=None, resume: bool = False, callback=None):
+        """Algorithm 1, layer by layer. With ``run_dir``, a checkpoint after every epoch (the filters, the
+        history and the warm-start maps); ``resume=True`` continues from it and reaches the same filters as an
+        uninterrupted run. ``callback(record)`` is called after every epoch."""
         X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X, dtype=torch.float32)
         if X.dim() == 3:
             X = X[:, None]
         self._validate(X)
-        self._build(X.shape[1])
+        start_layer, start_epoch, maps, inputs = 0, 0, None, None
+        if resume:
+            check(run_dir is not None, "resume needs a run folder")
+            start_layer, start_epoch, maps, inputs = self._restore(run_dir, X)
+        else:
+            self._build(X.shape[1])
+            self.history_ = []
         X = X.to(self.W_device())
-        self.history_ = []
-        inputs = X
-        for l in range(len(self.layers)):
-            inputs = self.fit_layer(l, inputs)
+        inputs = X if inputs is None else inputs.to(X.device)
+        for l in range(start_layer, len(self.layers)):
+            def on_epoch(rec, maps_now, l=l, inputs=inputs):
+                if run_dir is not None:
+                    self._checkpoint(run_dir, l, rec["epoch"], maps_now, inputs if l > 0 else None)
+                if callback is not None:
+                    callback(rec)
+            first = l == start_layer
+            inputs = self.fit_layer(l, inputs, callback=on_epoch, start_epoch=start_epoch if first else 0,
+                                    maps=maps if first else None)
         return self
 
-    def fit_layer(self, l: int, inputs: torch.Tensor, callback=None) -> torch.Tensor:
+    def _checkpoint(self, run_dir, layer: int, epoch: int, maps: torch.Tensor, inputs: torch.Tensor | None):
+        """The model so far plus the state Algorithm 1 needs to continue: this layer's maps after ``epoch``
+        (the next epoch's warm start) and, above layer 1, this layer's inputs (the maps of the layer below)."""
+        warm = {"warm.maps": maps}
+        if inputs is not None:
+            warm["warm.inputs"] = inputs
+        from genconv.io import save_checkpoint
+        save_checkpoint(run_dir, KIND, {**self.state_tensors(), **warm},
+                        {**self.meta(), "progress": {"layer": layer + 1, "epoch": int(epoch)}})
+
+    def _restore(self, run_dir, X: torch.Tensor):
+        """Layers, history and warm-start state from a checkpoint written by ``fit(run_dir=...)``."""
+        from genconv.io import load_checkpoint
+        tensors, meta = load_checkpoint(run_dir, KIND)
+        progress = meta.get("progress")
+        check(progress is not None and "warm.maps" in tensors,
+              f"{run_dir}: this model finished training (or was saved without a training state); nothing to "
+              "resume -- start a new run folder")
+        saved = meta.get("params", {})
+        for key in ("n_maps", "filter_size", "lambda_", "p", "epochs", "solver", "filter_steps", "batch_size"):
+            mine = json.loads(json.dumps(getattr(self, key)))          # as the checkpoint's JSON holds it
+            check(saved.get(key) == mine, f"{run_dir} was trained with {key} = {saved.get(key)!r}, not {mine!r}; "
+                  "resume with the settings it was started with")
+        check(int(meta["n_channels"]) == X.shape[1], f"{run_dir} was trained on {meta['n_channels']}-channel "
+              f"images, these have {X.shape[1]}")
+        self.layers = self._layers_from(tensors, run_dir).to(self.W_device())
+        self.n_channels_ = int(meta["n_channels"])
+        self.history_ = list(meta.get("history", []))
+        dev = self.W_device()
+        maps = tensors["warm.maps"].to(dev)
+        inputs = tensors["warm.inputs"].to(dev) if "warm.inputs" in tensors else None
+        return int(progress["layer"]) - 1, int(progress["epoch"]), maps, inputs
+
+    def fit_layer(self, l: int, inputs: torch.Tensor, callback=None, start_epoch: int = 0,
+                  maps: torch.Tensor | None = None) -> torch.Tensor:
         """Algorithm 1 for layer l on its inputs (images or the maps below); returns this layer's maps.
 
         Each epoch infers the maps of every image (lines 3-10; in chunks of ``batch_size`` images, each image's
         maps warm-started from the previous epoch, line 1 keeps them between epochs), then updates the filters
-        once on the whole set (line 11: eq. 9 summed over all images i)."""
+        once on the whole set (line 11: eq. 9 summed over all images i). ``callback(record, maps)`` after every
+        epoch; ``start_epoch`` and ``maps`` continue an interrupted layer (maps: its warm start)."""
         from tqdm.auto import tqdm
 
         layer = self.layers[l]
@@ -324,9 +376,8 @@ class DeconvNet(nn.Module):
         N = inputs.shape[0]
         bs = self.batch_size
         nb = math.ceil(N / bs)
-        maps = None
         epochs = self.epochs_per_layer()[l]
-        bar = tqdm(total=epochs, desc=f"layer {l + 1}", disable=not self.progress, leave=False)
+        bar = tqdm(total=epochs, initial=start_epoch, desc=f"layer {l + 1}", disable=not self.progress, leave=False)
 
         def infer_all(maps):
             outs = []
@@ -336,17 +387,19 @@ class DeconvNet(nn.Module):
                 outs.append(self._solve(layer.op(), inputs[b * bs:(b + 1) * bs], lam, z_init=z_init, iters=iters)[0])
             return torch.cat(outs)
 
-        for epoch in range(epochs):
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
             maps = infer_all(maps)                                                        # lines 3-10
             rec = layer.update_filters(maps, inputs, lam, self.filter_steps)              # line 11, eq. 9
             obj = float(csc.objective(layer.op(), inputs, maps, lambda_=lam, p=self.p).sum())
             rec_ = {"layer": l + 1, "epoch": epoch + 1, "objective": obj / N,
-                    "nonzero": float((maps != 0).float().mean()), "reconstruction": rec}
+                    "nonzero": float((maps != 0).float().mean()), "reconstruction": rec,
+                    "seconds": time.perf_counter() - t0}
             self.history_.append(rec_)
             bar.update(1)
             bar.set_postfix(objective=f"{obj / N:.4g}", recon=f"{rec:.3g}")
             if callback is not None:
-                callback(rec_)
+                callback(rec_, maps)
         bar.close()
         # maps of the whole set with the final filters, and each map's firing statistics (§4.1 sampling)
         maps = infer_all(maps)
@@ -420,17 +473,9 @@ class DeconvNet(nn.Module):
         from genconv.io import save_checkpoint
         save_checkpoint(directory, KIND, self.state_tensors(), {**self.meta(), **(extra or {})})
 
-    @classmethod
-    def load(cls, directory, device="cpu") -> "DeconvNet":
-        from genconv.io import load_checkpoint
-        tensors, meta = load_checkpoint(directory, KIND, device=device)
-        params = dict(meta.get("params", {}))
-        conns = params.pop("connectivity", ["full"])
-        model = cls(**{k: v for k, v in params.items() if k in cls().get_params()}, device=device)
-        n_layers = len(model.n_maps)
-        C = int(meta["n_channels"])
-        model.layers = nn.ModuleList()
-        for i in range(n_layers):
+    def _layers_from(self, tensors: dict, directory) -> nn.ModuleList:
+        layers = nn.ModuleList()
+        for i in range(len(self.n_maps)):
             W, g = tensors.get(f"layers.{i}.W"), tensors.get(f"layers.{i}.g")
             if W is None or g is None:
                 raise UserError(f"{directory}: missing layers.{i} tensors; the checkpoint is incomplete, retrain it")
@@ -439,7 +484,18 @@ class DeconvNet(nn.Module):
             for name in ("firing", "amplitude"):
                 if f"layers.{i}.{name}" in tensors:
                     getattr(layer, name).copy_(tensors[f"layers.{i}.{name}"])
-            model.layers.append(layer)
+            layers.append(layer)
+        return layers
+
+    @classmethod
+    def load(cls, directory, device="cpu") -> "DeconvNet":
+        from genconv.io import load_checkpoint
+        tensors, meta = load_checkpoint(directory, KIND, device=device)
+        params = dict(meta.get("params", {}))
+        conns = params.pop("connectivity", ["full"])
+        model = cls(**{k: v for k, v in params.items() if k in cls().get_params()}, device=device)
+        C = int(meta["n_channels"])
+        model.layers = model._layers_from(tensors, directory)
         model.connectivity = conns
         model.n_channels_ = C
         model.history_ = meta.get("history", [])

@@ -8,6 +8,7 @@ denoising settings), ``filters_layer<l>.png`` (every layer's filters projected t
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -147,22 +148,23 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
     gen = seed_everything(seed)
     X = training_crops(data, gen).to(device)
     model._validate(X)
+    resume = bool(config["recipe"].get("resume", False))
+    if resume and not (out / "model.json").exists():
+        raise UserError(f"--resume: {out} holds no checkpoint to continue; run without --resume first")
+    if not resume and (out / "model.json").exists():
+        raise UserError(f"{out} already holds a model; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.toml", to_toml(config))
     metrics = out / "metrics.jsonl"
-    if metrics.exists():
-        metrics.unlink()
+    done = json.loads((out / "model.json").read_text()).get("history", []) if resume else []
+    write_text(metrics, "".join(json.dumps(h) + "\n" for h in done))   # the checkpoint's epochs, once each
 
     t0 = time.time()
-    model._build(X.shape[1])
-    inputs = X
-    layer_times = []
-    for l in range(len(model.layers)):
-        tl = time.time()
-        inputs = model.fit_layer(l, inputs, callback=lambda rec: append_jsonl(metrics, {**rec, "time": time.time() - t0}))
-        layer_times.append(time.time() - tl)
-        print(f"layer {l + 1}: {model.history_[-1]}  ({layer_times[-1]:.1f} s)")
-    train_seconds = time.time() - t0
+    model.fit(X, run_dir=out, resume=resume, callback=lambda rec: append_jsonl(metrics, rec))
+    layer_times = [sum(h.get("seconds", 0.0) for h in model.history_ if h["layer"] == l + 1) for l in range(len(model.layers))]
+    for l, t in enumerate(layer_times):
+        print(f"layer {l + 1}: {[h for h in model.history_ if h['layer'] == l + 1][-1]}  ({t:.1f} s)")
+    train_seconds = time.time() - t0 + sum(h.get("seconds", 0.0) for h in done)   # with the epochs resumed from
 
     # speed of layer-1 inference on one crop (§4.5): seconds per filter per megapixel
     y1 = X[:1]
