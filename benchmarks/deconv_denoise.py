@@ -152,12 +152,12 @@ class SporcoCSC:
         self.D = util.convdicts()["G:8x8x32"]
         self.c = 1.0
 
-    def __call__(self, noisy, sigma, c=None, iters=200):
+    def __call__(self, noisy, sigma, c=None, iters=200, tol=5e-3):
         from sporco import signal
         from sporco.admm import cbpdn
         c = self.c if c is None else c
         sl, sh = signal.tikhonov_filter(noisy.numpy(), 5.0, 16)
-        opt = cbpdn.ConvBPDN.Options({"Verbose": False, "MaxMainIter": iters, "RelStopTol": 5e-3})
+        opt = cbpdn.ConvBPDN.Options({"Verbose": False, "MaxMainIter": iters, "RelStopTol": tol})
         b = cbpdn.ConvBPDN(self.D, sh, c * sigma, opt)
         b.solve()
         return torch.from_numpy(np.asarray(b.reconstruct()).squeeze() + sl)
@@ -165,7 +165,9 @@ class SporcoCSC:
     def sure(self, noisy, sigma):
         """Supplement: lambda / sigma chosen for this image by Monte-Carlo SURE, as genconv-layer1-sure does."""
         from genconv.evaluation.sure import choose_by_sure
-        c, est, _ = choose_by_sure(lambda c: (lambda v: self(v, sigma, c)), SPORCO_GRID[1:-1], noisy, sigma)
+        # a fixed 200 iterations (no relative stopping tolerance): f(y) and the probe f(y + eps b) must follow the
+        # same iterations, or the divergence estimate measures where the solver stopped, not the denoiser
+        c, est, _ = choose_by_sure(lambda c: (lambda v: self(v, sigma, c, tol=0.0)), SPORCO_GRID[1:-1], noisy, sigma)
         self.last_choice = {"lambda_over_sigma": c}
         return est
 
