@@ -167,7 +167,8 @@ def _numbers(option, text, kind, example):
 @click.option("--sigma", default=None, type=float, help="noise std in [0,1] units (default: estimated)")
 @click.option("--tau", default=None, type=float, help="threshold in noise stds (default: the model's calibrated one)")
 @click.option("--sure", is_flag=True, help="choose the top layer's threshold for this image by Stein's unbiased risk "
-              "estimate (Monte-Carlo SURE; no clean image used; ~14 denoising runs)")
+              "estimate (Monte-Carlo SURE; assumes additive Gaussian noise of std sigma, unclipped; no clean image used; "
+              "~14 denoising runs)")
 @click.option("--device", default="auto", show_default=True)
 def denoise_cmd(image, run, clean, out, layers, sigma, tau, sure, device):
     """Denoise IMAGE with a trained Deconvolutional Network (§4.4); print SNR in/out when --clean is given."""
