@@ -486,3 +486,35 @@ def test_recipe_resume_needs_a_checkpoint_and_a_rerun_needs_resume(tmp_path, cap
     assert code == 0, err
     code, _, err = _cli(base + ["--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "already holds a model; pass --resume" in err
+
+
+def test_recipe_killed_mid_layer_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
+    import json
+    from genconv import recipes
+    from genconv.models.deconvnet import DeconvNet as DN
+    from genconv.recipes import deconv_natural as R
+    over = {"data.crop_size": 16, "data.n_crops": 2, "model.n_maps": [2, 3], "model.filter_size": 5,
+            "model.epochs": [2, 2], "denoise.calibrate_size": 20, "denoise.tau_grid": [1.0]}
+
+    def config(resume):
+        c = recipes.load_recipe("deconv-natural", quick=True, overrides=over)
+        c["recipe"]["resume"] = resume
+        return c
+    cpu = torch.device("cpu")
+    R.run(config(False), tmp_path / "full", device=cpu, seed=0, quick=True)
+    real, calls = R.append_jsonl, []
+
+    def dying(path, rec):                     # the process dies after the third epoch's log line
+        real(path, rec)
+        calls.append(rec)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(R, "append_jsonl", dying)
+    with pytest.raises(KeyboardInterrupt):
+        R.run(config(False), tmp_path / "cut", device=cpu, seed=0, quick=True)
+    monkeypatch.setattr(R, "append_jsonl", real)
+    R.run(config(True), tmp_path / "cut", device=cpu, seed=0, quick=True)
+    a, b = DN.load(tmp_path / "full"), DN.load(tmp_path / "cut")
+    assert all(torch.equal(x.W, y.W) for x, y in zip(a.layers, b.layers))
+    log = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["layer"], r["epoch"]) for r in log] == [(1, 1), (1, 2), (2, 1), (2, 2)]
