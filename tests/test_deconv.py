@@ -518,3 +518,23 @@ def test_recipe_killed_mid_layer_resumes_to_the_uninterrupted_model(tmp_path, mo
     assert all(torch.equal(x.W, y.W) for x, y in zip(a.layers, b.layers))
     log = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["layer"], r["epoch"]) for r in log] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from genconv.io import load_checkpoint
+    from genconv.models.deconvnet import DeconvLayer
+    from genconv.training.loop import DivergenceError
+    real, calls = DeconvLayer.update_filters, []
+
+    def poisoned(self, *a, **k):                   # the second filter update produces NaN filters
+        out = real(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 2:
+            self.W.data.fill_(float("nan"))
+        return out
+    monkeypatch.setattr(DeconvLayer, "update_filters", poisoned)
+    with pytest.raises(DivergenceError, match=r"layer 1, epoch 2: the objective became nan") as e:
+        DeconvNet(n_maps=(3,), filter_size=3, epochs=3, batch_size=2).fit(_images(n=2, size=12), run_dir=tmp_path)
+    assert "\n" not in str(e.value)
+    tensors, meta = load_checkpoint(tmp_path, "deconvnet")
+    assert meta["progress"] == {"layer": 1, "epoch": 1} and torch.isfinite(tensors["layers.0.W"]).all()

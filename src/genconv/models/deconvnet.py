@@ -395,6 +395,12 @@ class DeconvNet(nn.Module):
             rec_ = {"layer": l + 1, "epoch": epoch + 1, "objective": obj / N,
                     "nonzero": float((maps != 0).float().mean()), "reconstruction": rec,
                     "seconds": time.perf_counter() - t0}
+            if not (math.isfinite(obj) and math.isfinite(rec)):
+                bar.close()
+                from genconv.training.loop import DivergenceError
+                raise DivergenceError(f"layer {l + 1}, epoch {epoch + 1}: the objective became {obj} (NaN/Inf); "
+                                      "training stopped, the last good checkpoint is kept -- lower lambda or "
+                                      "check the inputs")
             self.history_.append(rec_)
             bar.update(1)
             bar.set_postfix(objective=f"{obj / N:.4g}", recon=f"{rec:.3g}")
