@@ -40,7 +40,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from genconv.recipes.deconv_natural import noise_for_snr, snr_db  # noqa: E402
+from genconv.recipes.deconv_natural import (centre_crop, noisy_copy, snr_db,  # noqa: E402
+                                            validation_images)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SNR_IN = 13.84
@@ -51,35 +52,15 @@ SPORCO_GRID = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)   # SPORCO lambda / sigma
 PAPER = {"genconv-layer1": 16.31, "genconv-layer2": 18.01}
 
 
-def centre(im, size):
-    """The central size x size crop of a photograph, grayscale, float64."""
-    from genconv.data import preprocess
-    im = preprocess.to_gray(im).double()
-    H, W = im.shape[-2:]
-    s = min(size, H, W)
-    return im[0, (H - s) // 2:(H - s) // 2 + s, (W - s) // 2:(W - s) // 2 + s]
-
-
 def crops(size):
     """The held-out test photographs (camera, moon, coins)."""
     from genconv.data import load_images
     from genconv.data.catalog import NATURAL_TEST
-    return {name: centre(im, size) for name, im in zip(NATURAL_TEST, load_images("natural", "test"))}
-
-
-def validation_crops(size):
-    """Centre crops of three *training* photographs (astronaut at ``size``, chelsea and coffee at twice that):
-    every free setting is chosen on these, by the mean output SNR."""
-    from genconv.data import load_images
-    train = load_images("natural", "train")
-    return {"astronaut": centre(train[0], size), "chelsea": centre(train[1], 2 * size),
-            "coffee": centre(train[2], 2 * size)}
+    return {name: centre_crop(im, size) for name, im in zip(NATURAL_TEST, load_images("natural", "test"))}
 
 
 def noisy_of(clean, seed):
-    sigma = noise_for_snr(clean, SNR_IN)
-    gen = torch.Generator().manual_seed(seed)
-    return clean + sigma * torch.randn(clean.shape, generator=gen, dtype=torch.float64), sigma
+    return noisy_copy(clean, seed, SNR_IN)
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -205,7 +186,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     run = ensure_model(Path(args.model))
     test = crops(args.size)
-    valid = validation_crops(args.valid_size)
+    valid = validation_images(args.valid_size)
     vnoisy = {k: noisy_of(v, 1000 + i) for i, (k, v) in enumerate(valid.items())}
 
     def vscore(fn):
