@@ -138,10 +138,10 @@ def train_deconv(data_name, split, out, maps, filter_size, lambda_, p, epochs, c
     config = recipes.load_recipe("deconv-natural")
     config["data"].update({"name": data_name, "split": split, "crop_size": crop_size, "n_crops": n_crops,
                            "image_std": image_std})
-    config["model"].update({"n_maps": n_maps, "filter_size": filter_size,
-                            "lambda_": lambda_[0] if len(lambda_) == 1 else lambda_, "p": p,
-                            "epochs": epochs[0] if len(epochs) == 1 else epochs, "solver": solver, "beta0": beta0, "beta_inc": beta_inc,
-                            "beta_max": beta_max})
+    config["model"].update({"n_maps": n_maps, "filter_size": filter_size, "p": p, "solver": solver,
+                            "lambda_": lambda_[0] if len(lambda_) == 1 else lambda_,
+                            "epochs": epochs[0] if len(epochs) == 1 else epochs,
+                            "beta0": beta0, "beta_inc": beta_inc, "beta_max": beta_max})
     config["denoise"]["calibrate"] = False
     config["recipe"]["resume"] = resume
     fn = recipes.runner(config)

@@ -177,9 +177,10 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
 
     t0 = time.time()
     model.fit(X, run_dir=out, resume=resume, callback=lambda rec: append_jsonl(metrics, rec))
-    layer_times = [sum(h.get("seconds", 0.0) for h in model.history_ if h["layer"] == l + 1) for l in range(len(model.layers))]
-    for l, t in enumerate(layer_times):
-        print(f"layer {l + 1}: {[h for h in model.history_ if h['layer'] == l + 1][-1]}  ({t:.1f} s)")
+    per_layer = [[h for h in model.history_ if h["layer"] == l + 1] for l in range(len(model.layers))]
+    layer_times = [sum(h.get("seconds", 0.0) for h in hs) for hs in per_layer]
+    for l, (hs, t) in enumerate(zip(per_layer, layer_times)):
+        print(f"layer {l + 1}: {hs[-1]}  ({t:.1f} s)")
     train_seconds = time.time() - t0 + sum(h.get("seconds", 0.0) for h in done)   # with the epochs resumed from
 
     # speed of layer-1 inference on one crop (§4.5): seconds per filter per megapixel
