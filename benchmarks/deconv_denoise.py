@@ -59,10 +59,6 @@ def crops(size):
     return {name: centre_crop(im, size) for name, im in zip(NATURAL_TEST, load_images("natural", "test"))}
 
 
-def noisy_of(clean, seed):
-    return noisy_copy(clean, seed, SNR_IN)
-
-
 # ------------------------------------------------------------------------------------------ methods
 class GenconvDN:
     def __init__(self, run):
@@ -187,7 +183,7 @@ def main(argv=None):
     run = ensure_model(Path(args.model))
     test = crops(args.size)
     valid = validation_images(args.valid_size)
-    vnoisy = {k: noisy_of(v, 1000 + i) for i, (k, v) in enumerate(valid.items())}
+    vnoisy = {k: noisy_copy(v, 1000 + i, SNR_IN) for i, (k, v) in enumerate(valid.items())}
 
     def vscore(fn):
         """Mean output SNR of ``fn(noisy, sigma)`` over the validation crops."""
@@ -235,7 +231,7 @@ def main(argv=None):
     out = {"snr_in_target_db": SNR_IN, "size": args.size, "model": str(run), "chosen_on_validation": chosen,
            "paper": PAPER, "images": {}}
     for i, (name, clean) in enumerate(test.items()):
-        noisy, sigma = noisy_of(clean, i)
+        noisy, sigma = noisy_copy(clean, i, SNR_IN)
         s_in = snr_db(clean, noisy)
         out["images"][name] = {}
         for m, fn in methods.items():

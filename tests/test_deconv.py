@@ -490,6 +490,7 @@ def test_recipe_resume_needs_a_checkpoint_and_a_rerun_needs_resume(tmp_path, cap
 
 def test_recipe_killed_mid_layer_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
     import json
+    from pathlib import Path
     from genconv import recipes
     from genconv.models.deconvnet import DeconvNet as DN
     from genconv.recipes import deconv_natural as R
@@ -502,17 +503,18 @@ def test_recipe_killed_mid_layer_resumes_to_the_uninterrupted_model(tmp_path, mo
         return c
     cpu = torch.device("cpu")
     R.run(config(False), tmp_path / "full", device=cpu, seed=0, quick=True)
-    real, calls = R.append_jsonl, []
+    real, calls = R.write_text, []
 
-    def dying(path, rec):                     # the process dies after the third epoch's log line
-        real(path, rec)
-        calls.append(rec)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(R, "append_jsonl", dying)
+    def dying(path, text):                    # the process dies after the third epoch's log line
+        real(path, text)
+        if Path(path).name == "metrics.jsonl":
+            calls.append(text)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+    monkeypatch.setattr(R, "write_text", dying)
     with pytest.raises(KeyboardInterrupt):
         R.run(config(False), tmp_path / "cut", device=cpu, seed=0, quick=True)
-    monkeypatch.setattr(R, "append_jsonl", real)
+    monkeypatch.setattr(R, "write_text", real)
     R.run(config(True), tmp_path / "cut", device=cpu, seed=0, quick=True)
     a, b = DN.load(tmp_path / "full"), DN.load(tmp_path / "cut")
     assert all(torch.equal(x.W, y.W) for x, y in zip(a.layers, b.layers))

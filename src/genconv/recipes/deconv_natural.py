@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from genconv.errors import UserError
-from genconv.io import append_jsonl, atomic_path, write_json, write_text
+from genconv.io import atomic_path, write_json, write_text
 from genconv.recipes import to_toml
 
 PAPER = {"denoise_snr_in_db": 13.84, "denoise_layer1_db": 16.31, "denoise_layer2_db": 18.01,
@@ -172,16 +172,16 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.toml", to_toml(config))
     metrics = out / "metrics.jsonl"
-    done = json.loads((out / "model.json").read_text()).get("history", []) if resume else []
-    write_text(metrics, "".join(json.dumps(h) + "\n" for h in done))   # the checkpoint's epochs, once each
 
-    t0 = time.time()
-    model.fit(X, run_dir=out, resume=resume, callback=lambda rec: append_jsonl(metrics, rec))
+    def log_epochs(rec):                    # the whole history, rewritten atomically: a resumed run's log holds
+        write_text(metrics, "".join(json.dumps(h) + "\n" for h in model.history_))   # every epoch once
+
+    model.fit(X, run_dir=out, resume=resume, callback=log_epochs)
     per_layer = [[h for h in model.history_ if h["layer"] == l + 1] for l in range(len(model.layers))]
     layer_times = [sum(h.get("seconds", 0.0) for h in hs) for hs in per_layer]
     for l, (hs, t) in enumerate(zip(per_layer, layer_times)):
         print(f"layer {l + 1}: {hs[-1]}  ({t:.1f} s)")
-    train_seconds = time.time() - t0 + sum(h.get("seconds", 0.0) for h in done)   # with the epochs resumed from
+    train_seconds = sum(layer_times)        # epochs only, including those of a run this one resumed
 
     # speed of layer-1 inference on one crop (§4.5): seconds per filter per megapixel
     y1 = X[:1]
