@@ -66,7 +66,9 @@ def noise_for_snr(clean: torch.Tensor, snr_in_db: float) -> float:
 def filter_grid_png(path, W: torch.Tensor, title: str = "") -> None:
     """A grid of filters (K, 1, h, w) (or the first channel) as a PNG: the shared filter grid."""
     from genconv.viz.grids import filter_grid
-    filter_grid(W[:, :1], path, title=title or None, ncol=min(W.shape[0], 15))
+    K = W.shape[0]
+    rows = -(-K // 15)                      # at most 15 per row, rows filled evenly (16 -> 2 x 8, not 15 + 1)
+    filter_grid(W[:, :1], path, title=title or None, ncol=-(-K // rows))
 
 
 def image_grid_png(path, images, titles=None) -> None:
