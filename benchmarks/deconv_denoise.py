@@ -24,7 +24,8 @@ Also the sparsity / reconstruction trade-off (Fig. 6) on the astronaut validatio
 against RMS reconstruction error while varying lambda, for layer 1, layer 2 and the patch decomposition.
 
 Writes benchmarks/results/deconv_denoise.json, deconv_sparsity.json and deconv_sparsity.png; prints markdown tables.
-Run: python benchmarks/deconv_denoise.py [--model RUN] [--size 256] [--threads 1]   (--plot-only: redraw Fig. 6 from the JSON)
+Run: python benchmarks/deconv_denoise.py [--model RUN] [--size 256] [--threads 1] [--tag TAG]
+(--plot-only: redraw Fig. 6 from the JSON; --tag: write deconv_denoise_TAG.json etc. instead of the main results)
 """
 from __future__ import annotations
 
@@ -172,12 +173,16 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--valid-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (use 1 on a loaded machine)")
+    ap.add_argument("--tag", default="",
+                    help="suffix of the result files (deconv_denoise_TAG.json ...), e.g. for a model trained with "
+                         "other settings; default: the main results")
     ap.add_argument("--plot-only", action="store_true",
                     help="only redraw deconv_sparsity.png (Fig. 6) from benchmarks/results/deconv_sparsity.json")
     args = ap.parse_args(argv)
+    sfx = f"_{args.tag}" if args.tag else ""
     if args.plot_only:
-        plot_sparsity(json.loads((RESULTS / "deconv_sparsity.json").read_text())["curves"],
-                      RESULTS / "deconv_sparsity.png")
+        plot_sparsity(json.loads((RESULTS / f"deconv_sparsity{sfx}.json").read_text())["curves"],
+                      RESULTS / f"deconv_sparsity{sfx}.png")
         return
     torch.set_num_threads(args.threads)
     run = ensure_model(Path(args.model))
@@ -244,7 +249,7 @@ def main(argv=None):
             print(f"{name:8s} {m:15s} in {s_in:.2f} dB  out {out['images'][name][m]['snr_out_db']:.2f} dB  {dt:.1f} s",
                   flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    _write(RESULTS / "deconv_denoise.json", out)
+    _write(RESULTS / f"deconv_denoise{sfx}.json", out)
 
     print(f"\n| image | SNR in | " + " | ".join(methods) + " |")
     print("|---|---|" + "---|" * len(methods))
@@ -254,10 +259,10 @@ def main(argv=None):
     print("| paper (Zeiler et al., their images) | 13.84 | " +
           " | ".join(str(PAPER.get(m, "-")) for m in methods) + " |")
 
-    sparsity_curve(dn, patch, valid["astronaut"], *vnoisy["astronaut"])
+    sparsity_curve(dn, patch, valid["astronaut"], *vnoisy["astronaut"], suffix=sfx)
 
 
-def sparsity_curve(dn, patch, clean, noisy, sigma):
+def sparsity_curve(dn, patch, clean, noisy, sigma, suffix=""):
     """Fig. 6: mean fraction of non-zero coefficients vs RMS reconstruction error of the clean image, varying lambda."""
     model = dn.model
     y = clean.float()[None, None]
@@ -282,8 +287,8 @@ def sparsity_curve(dn, patch, clean, noisy, sigma):
         rec = reconstruct_from_patches_2d((codes @ patch.dico.components_ + mean).reshape(-1, p, p), tuple(clean.shape))
         curves["patch"].append({"n_nonzero": n, "nonzero_fraction": float((codes != 0).mean()),
                                 "rms_error": float(np.sqrt(((rec - clean.numpy()) ** 2).mean()))})
-    _write(RESULTS / "deconv_sparsity.json", {"image": "astronaut validation crop (clean)", "curves": curves})
-    plot_sparsity(curves, RESULTS / "deconv_sparsity.png")
+    _write(RESULTS / f"deconv_sparsity{suffix}.json", {"image": "astronaut validation crop (clean)", "curves": curves})
+    plot_sparsity(curves, RESULTS / f"deconv_sparsity{suffix}.png")
     print("\n| curve | nonzero fraction | RMS error |\n|---|---|---|")
     for k, c in curves.items():
         for p in c:
