@@ -176,6 +176,10 @@ def main(argv=None):
     ap.add_argument("--tag", default="",
                     help="suffix of the result files (deconv_denoise_TAG.json ...), e.g. for a model trained with "
                          "other settings; default: the main results")
+    ap.add_argument("--ensemble", default="",
+                    help="comma-separated extra runs: only the supplementary layer-1 ensemble row (the average of "
+                         "the layer-1 estimates of --model and these runs, tau chosen on validation); writes "
+                         "deconv_denoise_ensemble.json (or _TAG)")
     ap.add_argument("--plot-only", action="store_true",
                     help="only redraw deconv_sparsity.png (Fig. 6) from benchmarks/results/deconv_sparsity.json")
     args = ap.parse_args(argv)
@@ -186,6 +190,8 @@ def main(argv=None):
         return
     torch.set_num_threads(args.threads)
     run = ensure_model(Path(args.model))
+    if args.ensemble:
+        return ensemble_main(args, [run] + [Path(r) for r in args.ensemble.split(",") if r])
     test = crops(args.size)
     valid = validation_images(args.valid_size)
     vnoisy = {k: noisy_copy(v, 1000 + i, SNR_IN) for i, (k, v) in enumerate(valid.items())}
@@ -260,6 +266,46 @@ def main(argv=None):
           " | ".join(str(PAPER.get(m, "-")) for m in methods) + " |")
 
     sparsity_curve(dn, patch, valid["astronaut"], *vnoisy["astronaut"], suffix=sfx)
+
+
+def ensemble_main(args, runs):
+    """Supplement: several independently learned layer-1 dictionaries denoise the same image and their estimates
+    are averaged (a plurality of sparse representations, Elad & Yavneh 2009). tau (shared) and the z0 prior are
+    chosen on the validation crops; the test images and noise are the main run's, so the rows compare with
+    deconv_denoise.json."""
+    members = [GenconvDN(r) for r in runs]
+    valid = validation_images(args.valid_size)
+    vnoisy = {k: noisy_copy(v, 1000 + i, SNR_IN) for i, (k, v) in enumerate(valid.items())}
+
+    def denoise(noisy, sigma, tau, za):
+        return sum(denoise_one(m, noisy, sigma, tau, za) for m in members) / len(members)
+
+    def vscore(fn):
+        return float(np.mean([snr_db(valid[k], fn(*vnoisy[k])) for k in valid]))
+
+    scores = [(vscore(lambda n, s: denoise(n, s, t, za)), t, za) for za in Z0_GRID for t in TAU_GRID]
+    best, tau, za = max(scores)
+    alone = {str(r): max(vscore(lambda n, s: denoise_one(m, n, s, t, za)) for t in TAU_GRID)
+             for r, m in zip(runs, members)}
+    print(f"ensemble of {len(runs)}: tau {tau}, z0 prior {za}, validation {best:.2f} dB; members alone {alone}")
+    out = {"snr_in_target_db": SNR_IN, "size": args.size, "models": [str(r) for r in runs],
+           "chosen_on_validation": {"tau": tau, "z0_alpha": za, "validation_snr_out_db": best,
+                                    "members_alone_validation_snr_out_db": alone}, "images": {}}
+    for i, (name, clean) in enumerate(crops(args.size).items()):
+        noisy, sigma = noisy_copy(clean, i, SNR_IN)
+        t0 = time.perf_counter()
+        est = denoise(noisy, sigma, tau, za)
+        out["images"][name] = {"genconv-layer1-ensemble": {"snr_in_db": snr_db(clean, noisy),
+                                                          "snr_out_db": snr_db(clean, est),
+                                                          "seconds": time.perf_counter() - t0}}
+        print(f"{name:8s} genconv-layer1-ensemble out {out['images'][name]['genconv-layer1-ensemble']['snr_out_db']:.2f} dB")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    _write(RESULTS / f"deconv_denoise_{args.tag or 'ensemble'}.json", out)
+
+
+def denoise_one(member, noisy, sigma, tau, za):
+    member.z0_alpha = za
+    return member(noisy, sigma, 1, [tau] * len(member.model.layers))
 
 
 def sparsity_curve(dn, patch, clean, noisy, sigma, suffix=""):
