@@ -193,12 +193,7 @@ def main(argv=None):
     if args.ensemble:
         return ensemble_main(args, [run] + [Path(r) for r in args.ensemble.split(",") if r])
     test = crops(args.size)
-    valid = validation_images(args.valid_size)
-    vnoisy = {k: noisy_copy(v, 1000 + i, SNR_IN) for i, (k, v) in enumerate(valid.items())}
-
-    def vscore(fn):
-        """Mean output SNR of ``fn(noisy, sigma)`` over the validation crops."""
-        return float(np.mean([snr_db(valid[k], fn(*vnoisy[k])) for k in valid]))
+    valid, vnoisy, vscore = validation_set(args.valid_size)
 
     # ---- choose settings on the validation crops
     chosen = {}
@@ -268,25 +263,38 @@ def main(argv=None):
     sparsity_curve(dn, patch, valid["astronaut"], *vnoisy["astronaut"], suffix=sfx)
 
 
+def validation_set(size):
+    """The validation crops, their noisy copies (seeds 1000+) and ``vscore(fn)``: the mean output SNR of
+    ``fn(noisy, sigma)`` over them."""
+    valid = validation_images(size)
+    vnoisy = {k: noisy_copy(v, 1000 + i, SNR_IN) for i, (k, v) in enumerate(valid.items())}
+
+    def vscore(fn):
+        return float(np.mean([snr_db(valid[k], fn(*vnoisy[k])) for k in valid]))
+    return valid, vnoisy, vscore
+
+
 def ensemble_main(args, runs):
     """Supplement: several independently learned layer-1 dictionaries denoise the same image and their estimates
     are averaged (a plurality of sparse representations, Elad & Yavneh 2009). tau (shared) and the z0 prior are
     chosen on the validation crops; the test images and noise are the main run's, so the rows compare with
     deconv_denoise.json."""
     members = [GenconvDN(r) for r in runs]
-    valid = validation_images(args.valid_size)
-    vnoisy = {k: noisy_copy(v, 1000 + i, SNR_IN) for i, (k, v) in enumerate(valid.items())}
+    valid, vnoisy, _ = validation_set(args.valid_size)
 
     def denoise(noisy, sigma, tau, za):
         return sum(denoise_one(m, noisy, sigma, tau, za) for m in members) / len(members)
 
-    def vscore(fn):
-        return float(np.mean([snr_db(valid[k], fn(*vnoisy[k])) for k in valid]))
+    def mean_snr(ests):
+        return float(np.mean([snr_db(valid[k], ests[k]) for k in valid]))
 
-    scores = [(vscore(lambda n, s: denoise(n, s, t, za)), t, za) for za in Z0_GRID for t in TAU_GRID]
+    # every member's validation estimate once per setting: scores of the ensemble and of each member alone
+    est = {(j, t, za): {k: denoise_one(m, *vnoisy[k], t, za) for k in valid}
+           for j, m in enumerate(members) for za in Z0_GRID for t in TAU_GRID}
+    scores = [(mean_snr({k: sum(est[j, t, za][k] for j in range(len(members))) / len(members) for k in valid}),
+               t, za) for za in Z0_GRID for t in TAU_GRID]
     best, tau, za = max(scores)
-    alone = {str(r): max(vscore(lambda n, s: denoise_one(m, n, s, t, za)) for t in TAU_GRID)
-             for r, m in zip(runs, members)}
+    alone = {str(r): max(mean_snr(est[j, t, za]) for t in TAU_GRID) for j, r in enumerate(runs)}
     print(f"ensemble of {len(runs)}: tau {tau}, z0 prior {za}, validation {best:.2f} dB; members alone {alone}")
     out = {"snr_in_target_db": SNR_IN, "size": args.size, "models": [str(r) for r in runs],
            "chosen_on_validation": {"tau": tau, "z0_alpha": za, "validation_snr_out_db": best,
