@@ -288,3 +288,31 @@ def test_to_gray_matches_skimage():
     assert g.shape == (1, 64, 64) and np.allclose(g[0].numpy(), rgb2gray(rgb), atol=1e-12)
     with pytest.raises(UserError, match="cannot convert 2 channels"):
         preprocess.to_gray(torch.zeros(2, 4, 4))
+
+
+def test_dihedral_transforms_are_the_eight_symmetries_of_the_square_and_invert():
+    from genconv.data.augment import dihedral
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)                # non-square, all entries distinct
+    a = x[0, 0].numpy()
+    expected = [np.rot90(a, j) for j in range(4)] + [np.rot90(a, j).T for j in range(4)]
+    got = [dihedral(x, k)[0, 0].numpy() for k in range(8)]
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and np.array_equal(g, e)
+    assert len({g.tobytes() + bytes(g.shape) for g in got}) == 8      # all distinct
+    for k in range(8):
+        assert torch.equal(dihedral(dihedral(x, k), k, inverse=True), x)
+    with pytest.raises(UserError, match="0..7"):
+        dihedral(x, 8)
+
+
+def test_dihedral_mean_makes_any_map_equivariant():
+    from genconv.data.augment import dihedral, dihedral_mean
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(1, 1, 3, 3, generator=g)                   # an asymmetric filter: not equivariant alone
+
+    def fn(v):
+        return torch.nn.functional.conv2d(v, k, padding=1)
+    x = torch.randn(1, 1, 8, 8, generator=g)
+    assert not torch.allclose(fn(dihedral(x, 1)), dihedral(fn(x), 1), atol=1e-3)
+    for t in range(8):
+        assert torch.allclose(dihedral_mean(fn, dihedral(x, t)), dihedral(dihedral_mean(fn, x), t), atol=1e-5)

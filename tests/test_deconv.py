@@ -291,6 +291,26 @@ def test_denoise_sure_returns_the_estimate_of_the_chosen_tau(tiny_run, tmp_path,
     assert code == 2 and "not both" in err and not (tmp_path / "o2.png").exists()
 
 
+def test_dihedral_denoise_is_equivariant_and_the_cli_offers_it(tiny_run, tmp_path, capsys):
+    from genconv.data.augment import dihedral
+    m = DeconvNet.load(tiny_run)
+    g = torch.Generator().manual_seed(5)
+    y = _images(n=1, size=16) + 0.1 * torch.randn(1, 1, 16, 16, generator=g)
+    plain = m.denoise(y, 0.1, tau=[1.0, 1.0])
+    d8 = m.denoise(y, 0.1, tau=[1.0, 1.0], dihedral=True)
+    # the learned filters are not symmetric: one pass is not rotation-equivariant, the 8-fold average is
+    assert not torch.allclose(m.denoise(dihedral(y, 1), 0.1, tau=[1.0, 1.0]), dihedral(plain, 1), atol=1e-3)
+    for k in (1, 4, 6):
+        assert torch.allclose(m.denoise(dihedral(y, k), 0.1, tau=[1.0, 1.0], dihedral=True), dihedral(d8, k),
+                              atol=1e-4)
+    _png(tmp_path / "noisy.png", np.clip(y[0, 0].numpy(), 0, 1))
+    code, stdout, err = _cli(["denoise", str(tmp_path / "noisy.png"), "--model", str(tiny_run), "--clean",
+                              str(tmp_path / "noisy.png"), "--out", str(tmp_path / "o.png"), "--sigma", "0.1",
+                              "--dihedral", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "8 rotations / reflections averaged" in stdout and (tmp_path / "o.png").exists()
+
+
 def test_show_and_sample_cli(tiny_run, tmp_path, capsys):
     code, _, err = _cli(["deconv-show", "--model", str(tiny_run), "--out", str(tmp_path / "fig"), "--device", "cpu"],
                         capsys)
@@ -354,12 +374,16 @@ def test_recipe_quick_runs_and_writes_results(tmp_path, capsys):
     for f in ("filters_layer1.png", "filters_layer2.png", "report.md", "config.toml", "model.safetensors"):
         assert (tmp_path / "r" / f).exists()
     assert res["layers"][0]["connections"] == 2
+    assert saved["denoise"]["dihedral"] == [True, False]           # the recipe: layer 1 self-ensemble only
 
 
-def test_recipe_bad_setting_writes_nothing(tmp_path, capsys):
-    code, _, err = _cli(["run", "deconv-natural", "--quick", "--out", str(tmp_path / "r"), "--set", "model.p=1.5",
+@pytest.mark.parametrize("setting, msg", [("model.p=1.5", "p must lie in (0, 1]"),
+                                          ("denoise.dihedral=[true,false,true]", "once or one per layer"),
+                                          ("denoise.dihedral=1", "once or one per layer")])
+def test_recipe_bad_setting_writes_nothing(setting, msg, tmp_path, capsys):
+    code, _, err = _cli(["run", "deconv-natural", "--quick", "--out", str(tmp_path / "r"), "--set", setting,
                          "--device", "cpu"], capsys)
-    assert code == 2 and "p must lie in (0, 1]" in err
+    assert code == 2 and msg in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
 
 

@@ -169,8 +169,11 @@ def _numbers(option, text, kind, example):
 @click.option("--sure", is_flag=True, help="choose the top layer's threshold for this image by Stein's unbiased risk "
               "estimate (Monte-Carlo SURE; assumes additive Gaussian noise of std sigma, unclipped; no clean image used; "
               "~14 denoising runs)")
+@click.option("--dihedral/--single", default=None,
+              help="average the estimates of the 8 rotations / reflections of the image (8x the time; not in the "
+              "paper) or denoise it once (default: the model's calibrated choice)")
 @click.option("--device", default="auto", show_default=True)
-def denoise_cmd(image, run, clean, out, layers, sigma, tau, sure, device):
+def denoise_cmd(image, run, clean, out, layers, sigma, tau, sure, dihedral, device):
     """Denoise IMAGE with a trained Deconvolutional Network (§4.4); print SNR in/out when --clean is given."""
     from genconv.device import resolve_device
     from genconv.io import load_checkpoint
@@ -199,17 +202,23 @@ def denoise_cmd(image, run, clean, out, layers, sigma, tau, sure, device):
     taus = [tau] * len(model.layers) if tau is not None else dn.get("tau", [1.5])
     check(all(t > 0 for t in taus), f"--tau must be > 0, got {tau}")
     check(not (sure and tau is not None), "give --tau or --sure, not both: --sure chooses tau itself")
+    if dihedral is None:                    # the model's calibrated choice for this layer (older models: none)
+        stored = dn.get("dihedral", False)
+        dihedral = bool(stored[layers - 1] if isinstance(stored, list) and len(stored) >= layers else stored is True)
+    d8 = dihedral
     if sure:
         est, best, _ = model.denoise_sure(y.to(dev), sigma, n_layers=layers, tau=taus,
-                                          z0_alpha=dn.get("z0_alpha", 0.5))
+                                          z0_alpha=dn.get("z0_alpha", 0.5), dihedral=d8)
         click.echo(f"tau chosen by SURE: {best} (layer {layers})")
         est = est.cpu()
     else:
-        est = model.denoise(y.to(dev), sigma, n_layers=layers, tau=taus, z0_alpha=dn.get("z0_alpha", 0.5)).cpu()
+        est = model.denoise(y.to(dev), sigma, n_layers=layers, tau=taus, z0_alpha=dn.get("z0_alpha", 0.5),
+                            dihedral=d8).cpu()
     write_image(out, est)
     if ref is not None:
         click.echo(f"SNR in  {snr_db(ref, y):.2f} dB")
-        click.echo(f"SNR out {snr_db(ref, est):.2f} dB (layer {layers})")
+        click.echo(f"SNR out {snr_db(ref, est):.2f} dB (layer {layers}"
+                   f"{', 8 rotations / reflections averaged' if d8 else ''})")
     click.echo(f"wrote {out}")
 
 

@@ -8,7 +8,9 @@ Seeded, batched, on tensors ``(N, C, H, W)``, on the input's device, usable by e
 - cropping: a random ``crop x crop`` window (the output is smaller than the input);
 - elastic distortion (Simard et al. 2003 §2): a random displacement field with components
   uniform in [-1, 1], smoothed by a Gaussian of width ``sigma`` and scaled by ``alpha`` (pixels),
-  applied with bilinear interpolation. ``alpha = 0`` is the identity.
+  applied with bilinear interpolation. ``alpha = 0`` is the identity;
+- the eight exact rotations / reflections of the square (the dihedral group D4), :func:`dihedral`, with
+  their inverses (used by self-ensemble denoising).
 
 Every random draw comes from the ``torch.Generator`` passed in (or one seeded from ``seed``),
 so a run repeats exactly.
@@ -55,6 +57,24 @@ def affine(x: torch.Tensor, *, translate: float = 0.0, rotate: float = 0.0, scal
                          torch.stack([sin * W / H, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return _sample(x, grid)
+
+
+def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """The k-th of the 8 exact rotations / reflections of the last two axes (k = 0 is the identity):
+    rotation by 90 k degrees for k < 4, then a transpose for k >= 4. ``inverse=True`` undoes it."""
+    if not 0 <= k < 8:
+        raise UserError(f"dihedral transform k must be in 0..7, got {k}")
+    if inverse:
+        x = x.transpose(-2, -1) if k >= 4 else x
+        return torch.rot90(x, -(k % 4), dims=(-2, -1))
+    x = torch.rot90(x, k % 4, dims=(-2, -1))
+    return x.transpose(-2, -1) if k >= 4 else x
+
+
+def dihedral_mean(fn, x: torch.Tensor) -> torch.Tensor:
+    """Self-ensemble: ``fn`` applied to the 8 rotations / reflections of ``x`` (last two axes), each result
+    transformed back, averaged. ``fn`` must return an image of its input's shape."""
+    return sum(dihedral(fn(dihedral(x, k)), k, inverse=True) for k in range(8)) / 8
 
 
 def random_crop(x: torch.Tensor, crop: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -267,11 +267,18 @@ class DeconvNet(nn.Module):
 
     @torch.no_grad()
     def denoise(self, y: torch.Tensor, sigma: float, n_layers: int = 1, tau=(1.5, 1.5),
-                z0_alpha: float = 0.5) -> torch.Tensor:
+                z0_alpha: float = 0.5, dihedral: bool = False) -> torch.Tensor:
         """Denoise raw images (§4.4): infer maps with lambda_l = 1 / (tau_l * sigma) -- a soft threshold of
         tau_l noise standard deviations -- plus the z0 low-frequency maps (§3.3, prior z0_alpha * lambda_1),
-        then reconstruct from layer ``n_layers`` (eq. 12)."""
+        then reconstruct from layer ``n_layers`` (eq. 12).
+
+        ``dihedral=True`` (not in the paper): a self-ensemble -- denoise the 8 rotations / reflections of the
+        image, undo each and average. Rotating the image is coding it with rotated filters, so this averages 8
+        different sparse representations (Elad & Yavneh 2009) at 8 times the cost, with no extra training."""
         check(sigma > 0, f"noise sigma must be > 0, got {sigma}")
+        if dihedral:
+            from genconv.data.augment import dihedral_mean
+            return dihedral_mean(lambda v: self.denoise(v, sigma, n_layers, tau, z0_alpha), y)
         tau = list(tau) if isinstance(tau, (list, tuple)) else [tau]
         tau = tau + [tau[-1]] * (len(self.layers) - len(tau))
         saved = (self.lambda_, self.z0_alpha)
@@ -284,7 +291,8 @@ class DeconvNet(nn.Module):
 
     @torch.no_grad()
     def denoise_sure(self, y: torch.Tensor, sigma: float, n_layers: int = 1, tau=(1.5, 1.5),
-                     z0_alpha: float = 0.5, grid=(1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5), seed: int = 0):
+                     z0_alpha: float = 0.5, grid=(1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5), seed: int = 0,
+                     dihedral: bool = False):
         """:meth:`denoise` with the top layer's threshold tau_{n_layers} chosen per image from ``grid`` by
         Monte-Carlo SURE (:mod:`genconv.evaluation.sure`): no clean image needed. Lower layers keep ``tau``.
         Returns (estimate, chosen tau, {tau: SURE per pixel})."""
@@ -294,7 +302,8 @@ class DeconvNet(nn.Module):
 
         def make(t):
             taus = tau[:n_layers - 1] + [t] + tau[n_layers:]
-            return lambda v: self.denoise(v, sigma, n_layers=n_layers, tau=taus, z0_alpha=z0_alpha)
+            return lambda v: self.denoise(v, sigma, n_layers=n_layers, tau=taus, z0_alpha=z0_alpha,
+                                          dihedral=dihedral)
 
         best, est, risks = choose_by_sure(make, grid, y, sigma, seed=seed)
         return est, best, risks

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from genconv.errors import UserError
+from genconv.errors import UserError, check
 from genconv.io import atomic_path, write_json, write_text
 from genconv.recipes import to_toml
 
@@ -135,15 +135,18 @@ def noisy_copy(clean: torch.Tensor, seed: int, snr_in_db: float = 13.84) -> tupl
 
 
 def calibrate_tau(model, images: dict[str, torch.Tensor], tau_grid, z0_alpha: float, snr_in_db: float = 13.84,
-                  seed: int = 1000) -> dict:
+                  seed: int = 1000, dihedral=False) -> dict:
     """Pick tau per layer by the mean output SNR over ``images`` (training photographs, noise seeds seed + i) at
-    the paper's input SNR; returns {"best": {layer: (tau, mean snr_out)}, "snr_in_db": {name: snr}}."""
+    the paper's input SNR, denoising as ``genconv denoise`` will (``dihedral``, once or per layer: the 8-fold
+    self-ensemble when denoising from that layer); returns {"best": {layer: (tau, mean snr_out)}, "snr_in_db": ...}."""
+    from genconv.models import per_layer
+    d8 = [bool(v) for v in per_layer("denoise.dihedral", dihedral, len(model.layers))]
     noisy = {k: noisy_copy(v, seed + i, snr_in_db) for i, (k, v) in enumerate(images.items())}
     dev = model.W_device()
 
     def mean_snr(L, tau):
         return sum(snr_db(images[k], model.denoise(y.float()[None, None].to(dev), sigma, n_layers=L, tau=tau,
-                                                   z0_alpha=z0_alpha)[0, 0].cpu())
+                                                   z0_alpha=z0_alpha, dihedral=d8[L - 1])[0, 0].cpu())
                    for k, (y, sigma) in noisy.items()) / len(noisy)
     best = {}
     for L in range(1, len(model.layers) + 1):
@@ -163,6 +166,12 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
     data, mcfg, dcfg = config["data"], config["model"], config.get("denoise", {})
     model = DeconvNet(**{k: v for k, v in mcfg.items()}, random_state=seed, device=device, progress=True)
     model._validate()                                   # bad settings fail before anything is written
+    d8 = dcfg.get("dihedral", False)                    # once or per layer; layers beyond the list repeat its last
+    d8 = list(d8) if isinstance(d8, list) else [d8]
+    check(len(d8) >= 1 and all(isinstance(v, bool) for v in d8) and len(d8) <= len(model.n_maps),
+          f"denoise.dihedral = {dcfg.get('dihedral')!r}: give true / false once or one per layer "
+          f"({len(model.n_maps)} layers)")
+    d8 = d8 + [d8[-1]] * (len(model.n_maps) - len(d8))
     gen = seed_everything(seed)
     X = training_crops(data, gen).to(device)
     model._validate(X)
@@ -197,9 +206,10 @@ def run(config: dict, out: Path, *, device, seed: int, quick: bool) -> dict:
     calib = None
     if dcfg.get("calibrate", False):
         calib = calibrate_tau(model, validation_images(int(dcfg.get("calibrate_size", 128))),
-                              dcfg.get("tau_grid", [1.0, 1.5, 2.0]), float(dcfg.get("z0_alpha", 0.5)))
+                              dcfg.get("tau_grid", [1.0, 1.5, 2.0]), float(dcfg.get("z0_alpha", 0.5)),
+                              dihedral=d8)
         tau = [calib["best"][l][0] for l in sorted(calib["best"])]
-    denoise_meta = {"tau": tau, "z0_alpha": float(dcfg.get("z0_alpha", 0.5))}
+    denoise_meta = {"tau": tau, "z0_alpha": float(dcfg.get("z0_alpha", 0.5)), "dihedral": d8}
 
     model.save(out, extra={"preprocessing": {"preprocess": data.get("preprocess", "whiten"),
                                              "image_std": float(data.get("image_std", 1.0)),
