@@ -9,6 +9,9 @@ Methods:
 - ``genconv-layer1`` / ``genconv-layer2``: a trained deconvnet run (``--model``, default runs/deconv-natural; trained
   with the recipe if missing), z0 low-frequency maps + sparse maps, threshold tau (in noise stds) and z0 prior chosen
   on validation; layer 2 reconstructs through both layers (eq. 10-12).
+- ``genconv-layer1-d8`` (supplement, not in the paper): layer 1 as a self-ensemble -- the 8 rotations / reflections
+  of the noisy image denoised, undone and averaged (``genconv denoise --dihedral``); tau chosen on validation for it,
+  z0 prior as for genconv-layer1.
 - ``genconv-layer1-sure``: layer 1 with tau and the z0 prior chosen *per test image* by Monte-Carlo SURE
   (:mod:`genconv.evaluation.sure`; uses the noisy image and sigma only, never the clean one) -- ``genconv denoise
   --sure``.
@@ -18,6 +21,8 @@ Methods:
   back); lambda = c * sigma with c chosen on validation.
 - ``sporco-csc-sure`` (supplement, so the comparison with genconv-layer1-sure is like for like): SPORCO with c chosen
   per test image by the same Monte-Carlo SURE.
+- ``sporco-csc-d8`` (supplement, so genconv-layer1-d8 is compared like for like): the same 8-fold self-ensemble
+  around SPORCO's ConvBPDN, c chosen on validation for it.
 - ``bm3d``: the ``bm3d`` package with the true sigma.
 
 Also the sparsity / reconstruction trade-off (Fig. 6) on the astronaut validation crop: mean fraction of non-zero coefficients
@@ -70,10 +75,11 @@ class GenconvDN:
         self.z0_alpha = self.meta.get("denoise", {}).get("z0_alpha", 0.5)
         self.tau = [1.5] * len(self.model.layers)
 
-    def __call__(self, noisy, sigma, layers=1, tau=None):
+    def __call__(self, noisy, sigma, layers=1, tau=None, dihedral=False):
         tau = self.tau if tau is None else tau
         y = noisy.float()[None, None]
-        return self.model.denoise(y, sigma, n_layers=layers, tau=tau, z0_alpha=self.z0_alpha)[0, 0].double()
+        return self.model.denoise(y, sigma, n_layers=layers, tau=tau, z0_alpha=self.z0_alpha,
+                                  dihedral=dihedral)[0, 0].double()
 
     def sure(self, noisy, sigma):
         """Layer 1 with tau and the z0 prior chosen for this image by Monte-Carlo SURE (no clean image used)."""
@@ -150,6 +156,12 @@ class SporcoCSC:
         return est
 
 
+def self_ensemble(fn):
+    """``fn(noisy, sigma, *a)`` applied to the 8 rotations / reflections of the image, undone and averaged."""
+    from genconv.data.augment import dihedral_mean
+    return lambda noisy, sigma, *a: dihedral_mean(lambda v: fn(v, sigma, *a), noisy)
+
+
 def bm3d_denoise(noisy, sigma):
     import bm3d
     return torch.from_numpy(np.asarray(bm3d.bm3d(noisy.numpy(), sigma_psd=sigma)))
@@ -212,6 +224,9 @@ def main(argv=None):
         tau = [tau[0], best2[1]] + [best2[1]] * (L - 2)
     dn.tau = tau
     chosen["genconv_tau"] = tau
+    best_d8 = max((vscore(lambda n, s: dn(n, s, 1, [t] * L, dihedral=True)), t) for t in TAU_GRID)
+    tau_d8 = [best_d8[1]] * L
+    chosen["genconv_d8_tau"] = best_d8[1]
     chosen["validation_snr_out_db"] = {"genconv-layer1": best1[0]}
     if L >= 2:
         chosen["validation_snr_out_db"]["genconv-layer2"] = best2[0]
@@ -225,14 +240,21 @@ def main(argv=None):
     sp.c = best_s[1]
     chosen["sporco_lambda_over_sigma"] = sp.c
     chosen["validation_snr_out_db"]["sporco-csc"] = best_s[0]
+    chosen["validation_snr_out_db"]["genconv-layer1-d8"] = best_d8[0]
+    sp_d8 = self_ensemble(lambda n, s, c: sp(n, s, c))
+    best_sd8 = max((vscore(lambda n, s: sp_d8(n, s, c)), c) for c in SPORCO_GRID)
+    chosen["sporco_d8_lambda_over_sigma"] = best_sd8[1]
+    chosen["validation_snr_out_db"]["sporco-csc-d8"] = best_sd8[0]
     chosen["validation_images"] = {k: list(v.shape) for k, v in valid.items()}
     print("settings chosen on the validation crops (mean output SNR):", chosen)
 
     methods = {"genconv-layer1": lambda n, s: dn(n, s, 1)}
     if L >= 2:
         methods["genconv-layer2"] = lambda n, s: dn(n, s, 2)
+    methods["genconv-layer1-d8"] = lambda n, s: dn(n, s, 1, tau_d8, dihedral=True)
     methods["genconv-layer1-sure"] = lambda n, s: dn.sure(n, s)
-    methods.update({"sklearn-patch": patch, "sporco-csc": sp, "sporco-csc-sure": sp.sure, "bm3d": bm3d_denoise})
+    methods.update({"sklearn-patch": patch, "sporco-csc": sp, "sporco-csc-d8": lambda n, s: sp_d8(n, s, best_sd8[1]),
+                    "sporco-csc-sure": sp.sure, "bm3d": bm3d_denoise})
 
     out = {"snr_in_target_db": SNR_IN, "size": args.size, "model": str(run), "chosen_on_validation": chosen,
            "paper": PAPER, "images": {}}
